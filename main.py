@@ -1,0 +1,100 @@
+"""Bi-IRRA command line: train, evaluate or check a configuration.
+
+    python main.py --config config/config.yaml [key.sub=value ...] [--check]
+    torchrun --nproc_per_node=4 main.py --config config/config.yaml
+    python main.py --eval-only --resume runs/x/best_en.pth [--config FILE] [key.sub=value ...]
+
+Input problems (config, data, checkpoints) end the run with one ``error:`` line and
+exit code 2; a failed training run (e.g. a non-finite loss) exits with 1.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+import yaml
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train and evaluate Bi-IRRA for multilingual text-to-image person retrieval.")
+    p.add_argument("--config", help="YAML config (default with --resume: the config stored in the checkpoint)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config keys")
+    p.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint on the test split")
+    p.add_argument("--resume", help="checkpoint of this project: continue training from it, or evaluate it")
+    p.add_argument("--check", action="store_true", help="validate the config and every path it names, print it, exit")
+    args = p.parse_args(argv)
+    if args.config is None and args.resume is None:
+        p.error("--config is required (or --resume, whose checkpoint stores its config)")
+    if args.eval_only and not args.resume:
+        p.error("--eval-only needs --resume CHECKPOINT")
+    return args
+
+
+def resolve_config(args: argparse.Namespace):
+    from utils.checkpoint import load_safe
+    from utils.config import ConfigError, apply_override, config_from_dict, load_config
+
+    if args.config is not None:
+        return load_config(args.config, args.overrides)
+    ckpt = load_safe(args.resume)
+    if not isinstance(ckpt, dict) or "config" not in ckpt:
+        raise ConfigError(f"{args.resume}: stores no config; pass --config")
+    raw = ckpt["config"]
+    for ov in args.overrides:
+        apply_override(raw, ov)
+    return config_from_dict(raw, source=f"{args.resume} (stored config)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from utils.config import check_paths
+    from utils.distributed import init_distributed
+
+    cfg = resolve_config(args)
+    if args.eval_only:
+        cfg.model.resume = ""  # the fine-tuned weights replace the pretrained ones anyway
+    if args.check:
+        check_paths(cfg, need_train=not args.eval_only)
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
+        print(f"config OK: {cfg.source}")
+        return 0
+    check_paths(cfg, need_train=not args.eval_only)
+    info = init_distributed(cfg.device, cfg.distributed.backend)
+    from engine.train import Trainer
+
+    trainer = Trainer(cfg, info)
+    if args.eval_only:
+        trainer.evaluate_checkpoint(args.resume)
+    else:
+        trainer.train(resume=args.resume)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    from data.annotations import DataError
+    from engine.train import TrainingError
+    from utils.checkpoint import CheckpointError
+    from utils.config import ConfigError
+    from utils.distributed import cleanup_and_exit
+
+    args = parse_args(argv)
+    code = 0
+    try:
+        code = run(args)
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    except Exception:  # noqa: BLE001 - report, then shut the process group down cleanly
+        traceback.print_exc()
+        code = 1
+    cleanup_and_exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,441 @@
+"""Typed configuration: YAML -> dataclasses, validated on load.
+
+Every key of the published Bi-IRRA ``config.yaml`` has a field here with the published
+default, so a user's edited upstream file loads unchanged. Any problem (unknown key,
+wrong type, invalid value, missing path) raises :class:`ConfigError` whose message is a
+single line naming the file and the dotted key; ``main.py`` prints it without a traceback.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LANGUAGES = ("en", "ch", "fr", "de")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported as one line."""
+
+
+@dataclass
+class Misc:
+    seed: int = 1
+
+
+@dataclass
+class Experiment:
+    input_resolution: list[int] = field(default_factory=lambda: [224, 224])
+    text_length: int = 77
+
+
+@dataclass
+class Schedule:
+    lr: float = 5e-5
+    epoch: int = 10
+    epoch_warmup: int = 1
+    lr_start: float = 1e-6
+    lr_end: float = 5e-6
+    weight_decay: float = 0.02
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-8
+    ratio_factor: float = 1.0
+    grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
+    skip_nonfinite: bool = False  # skip (and count) steps with a non-finite loss instead of stopping
+
+
+@dataclass
+class Model:
+    resume: str = ""
+    saved_path: str = "runs/bi_irra"
+    use_gather: bool = True
+    embed_dim: int = 256
+    temp: float = 0.07
+    k_test: int = 256
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class Itm:
+    weight: float = 4.0
+    use_mask: bool = True
+
+
+@dataclass
+class Mim:
+    weight: float = 4.0
+    use_mim: bool = True
+    mask_ratio: float = 0.5
+
+
+@dataclass
+class Mlm:
+    is_mlm: bool = True
+    mask_prob: float = 0.4
+    max_masks: int = 12
+    skipgram_prb: float = 0.2
+    skipgram_size: int = 3
+
+
+@dataclass
+class Sdm:
+    use_sdm: bool = False
+    weight: float = 1.0
+
+
+@dataclass
+class Id:
+    use_id: bool = False
+    weight: float = 1.0
+
+
+@dataclass
+class Log:
+    print_period: int = 50
+
+
+@dataclass
+class Data:
+    batch_size: int = 32
+    test_batch_size: int = 128
+    num_workers: int = 8
+    source_language: str = "en"
+    target_language: str = "ch"
+    on_bad_image: str = "error"  # error | skip
+
+
+@dataclass
+class Distributed:
+    backend: str = "nccl"
+    url: str = "env://"
+
+
+@dataclass
+class Config:
+    device: str = "cuda"
+    misc: Misc = field(default_factory=Misc)
+    experiment: Experiment = field(default_factory=Experiment)
+    schedule: Schedule = field(default_factory=Schedule)
+    model: Model = field(default_factory=Model)
+    itm: Itm = field(default_factory=Itm)
+    mim: Mim = field(default_factory=Mim)
+    mlm: Mlm = field(default_factory=Mlm)
+    sdm: Sdm = field(default_factory=Sdm)
+    id: Id = field(default_factory=Id)
+    vision_config: str = "config/config_beit2_base.json"
+    use_clip_vit: bool = False
+    use_beit_v2: bool = True
+    image_res: int = 224
+    patch_size: int = 16
+    text_encoder: str = "data/xlm-roberta-base"
+    text_num_hidden_layers: int = 18
+    text_fusion_start_at: int = 12
+    use_one_cl_proj_only: bool = False
+    log: Log = field(default_factory=Log)
+    data: Data = field(default_factory=Data)
+    distributed: Distributed = field(default_factory=Distributed)
+    anno_dir: str = "data/CUHK-PEDES/annos"
+    image_dir: str = "data/CUHK-PEDES/imgs"
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+    def vision_json(self) -> dict[str, Any]:
+        """The parsed ``vision_config`` JSON (sizes of the vision encoder)."""
+        return load_vision_json(self.vision_config)
+
+
+VISION_JSON_KEYS = {"vision_width": int, "patch_size": int, "depth": int, "num_heads": int,
+                    "mlp_ratio": float, "drop_path_rate": float, "ckpt": str, "image_res": int}
+
+
+def load_vision_json(path: str) -> dict[str, Any]:
+    """Read and check the vision-encoder JSON; missing sizes default to BEiT-v2 base."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"vision_config: file not found: {path}")
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON: {e.msg} (line {e.lineno})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    out: dict[str, Any] = {"vision_width": 768, "patch_size": 16, "depth": 12, "num_heads": 12,
+                           "mlp_ratio": 4.0, "drop_path_rate": 0.1}
+    for key, value in raw.items():
+        if key not in VISION_JSON_KEYS:
+            raise ConfigError(f"{path}: unknown key '{key}'{_suggest(key, VISION_JSON_KEYS)}")
+        want = VISION_JSON_KEYS[key]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise ConfigError(f"{path}: key '{key}' must be {want.__name__}, got {value!r}")
+        out[key] = value
+    if out["vision_width"] % out["num_heads"]:
+        raise ConfigError(f"{path}: vision_width {out['vision_width']} is not divisible by num_heads {out['num_heads']}")
+    return out
+
+
+def _suggest(key: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return f"list of {_type_name(inner)}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a {_type_name(tp)}, got {value!r}")
+        return [_coerce(v, inner, where) for v in value]
+    if tp is float:
+        if isinstance(value, str):  # PyYAML reads "5e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a float, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an int, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp}")
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    section = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{section}' must be a mapping, got {raw!r}")
+    fields = _fields(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key '{dotted}'{_suggest_dotted(prefix, key, fields)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{dotted}.", source)
+        else:
+            kwargs[key] = _coerce(value, tp, f"{source}: key '{dotted}'")
+    return cls(**kwargs)
+
+
+def _suggest_dotted(prefix: str, key: str, fields: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
+def _all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for name in _fields(cls):
+        if dataclasses.is_dataclass(hints[name]):
+            keys += _all_keys(hints[name], f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def apply_override(raw: dict[str, Any], override: str, source: str = "command line") -> None:
+    """Apply one ``key.sub=value`` override to the raw mapping; the value is parsed as YAML."""
+    if "=" not in override:
+        raise ConfigError(f"{source}: override '{override}' must look like key.sub=value")
+    dotted, text = override.split("=", 1)
+    parts = dotted.strip().split(".")
+    valid = _all_keys()
+    cls: type = Config
+    node = raw
+    for i, part in enumerate(parts):
+        fields = _fields(cls)
+        if part not in fields:
+            close = difflib.get_close_matches(dotted, valid, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown key '{dotted}'{hint}")
+        tp = typing.get_type_hints(cls)[part]
+        last = i == len(parts) - 1
+        if dataclasses.is_dataclass(tp):
+            if last:
+                raise ConfigError(f"{source}: '{dotted}' is a section; override one of its keys")
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node, cls = node[part], tp
+        elif not last:
+            raise ConfigError(f"{source}: unknown key '{dotted}' ('{'.'.join(parts[:i + 1])}' is not a section)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node[parts[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load ``path`` (or the defaults when None), apply overrides, validate values."""
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark else ""
+            raise ConfigError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    for ov in overrides:
+        apply_override(raw, ov)
+    cfg = _build(Config, raw, "", source)
+    cfg.source = source
+    validate(cfg)
+    return cfg
+
+
+def _check(ok: bool, cfg: Config, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{cfg.source}: key '{key}' {msg}")
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that types alone cannot express."""
+    d, s, e = cfg.data, cfg.schedule, cfg.experiment
+    for key in ("source_language", "target_language"):
+        lang = getattr(d, key)
+        _check(lang in LANGUAGES, cfg, f"data.{key}", f"must be one of {', '.join(LANGUAGES)}, got '{lang}'")
+    _check(d.source_language != d.target_language, cfg, "data.target_language",
+           f"must differ from data.source_language ('{d.source_language}')")
+    _check(d.on_bad_image in ("error", "skip"), cfg, "data.on_bad_image", f"must be 'error' or 'skip', got '{d.on_bad_image}'")
+    for key in ("batch_size", "test_batch_size"):
+        _check(getattr(d, key) > 0, cfg, f"data.{key}", f"must be positive, got {getattr(d, key)}")
+    _check(d.num_workers >= 0, cfg, "data.num_workers", f"must be >= 0, got {d.num_workers}")
+    _check(cfg.device in ("cuda", "cpu") or cfg.device.startswith("cuda:"), cfg, "device",
+           f"must be 'cuda' or 'cpu', got '{cfg.device}'")
+    _check(len(e.input_resolution) == 2 and all(v > 0 for v in e.input_resolution), cfg,
+           "experiment.input_resolution", f"must be [height, width] of positive ints, got {e.input_resolution}")
+    for v in e.input_resolution:
+        _check(v % cfg.patch_size == 0, cfg, "experiment.input_resolution",
+               f"{e.input_resolution} must be divisible by patch_size {cfg.patch_size}")
+    _check(e.text_length >= 4, cfg, "experiment.text_length", f"must be >= 4, got {e.text_length}")
+    for key in ("lr", "lr_start", "lr_end", "eps"):
+        _check(getattr(s, key) >= 0, cfg, f"schedule.{key}", f"must be >= 0, got {getattr(s, key)}")
+    _check(s.lr > 0, cfg, "schedule.lr", f"must be positive, got {s.lr}")
+    _check(s.epoch > 0, cfg, "schedule.epoch", f"must be positive, got {s.epoch}")
+    _check(0 <= s.epoch_warmup <= s.epoch, cfg, "schedule.epoch_warmup", f"must be in [0, schedule.epoch], got {s.epoch_warmup}")
+    _check(s.weight_decay >= 0, cfg, "schedule.weight_decay", f"must be >= 0, got {s.weight_decay}")
+    _check(len(s.betas) == 2 and all(0 <= b < 1 for b in s.betas), cfg, "schedule.betas",
+           f"must be two values in [0, 1), got {s.betas}")
+    _check(s.ratio_factor > 0, cfg, "schedule.ratio_factor", f"must be positive, got {s.ratio_factor}")
+    _check(s.grad_clip >= 0, cfg, "schedule.grad_clip", f"must be >= 0, got {s.grad_clip}")
+    m = cfg.model
+    _check(m.k_test > 0, cfg, "model.k_test", f"must be positive, got {m.k_test}")
+    _check(m.embed_dim > 0, cfg, "model.embed_dim", f"must be positive, got {m.embed_dim}")
+    _check(m.temp > 0, cfg, "model.temp", f"must be positive, got {m.temp}")
+    _check(bool(m.saved_path), cfg, "model.saved_path", "must name an output folder")
+    for key in ("mim.mask_ratio", "mlm.mask_prob", "mlm.skipgram_prb"):
+        sec, name = key.split(".")
+        v = getattr(getattr(cfg, sec), name)
+        _check(0 <= v <= 1, cfg, key, f"must be in [0, 1], got {v}")
+    _check(cfg.mlm.max_masks > 0, cfg, "mlm.max_masks", f"must be positive, got {cfg.mlm.max_masks}")
+    _check(cfg.mlm.skipgram_size >= 1, cfg, "mlm.skipgram_size", f"must be >= 1, got {cfg.mlm.skipgram_size}")
+    for key in ("itm.weight", "mim.weight", "sdm.weight", "id.weight"):
+        sec, name = key.split(".")
+        v = getattr(getattr(cfg, sec), name)
+        _check(v >= 0, cfg, key, f"must be >= 0, got {v}")
+    _check(0 < cfg.text_fusion_start_at < cfg.text_num_hidden_layers, cfg, "text_fusion_start_at",
+           f"must be in (0, text_num_hidden_layers={cfg.text_num_hidden_layers}), got {cfg.text_fusion_start_at}")
+    _check(not cfg.use_clip_vit, cfg, "use_clip_vit", "is not supported: Bi-IRRA uses BEiT-v2 (set use_beit_v2: true)")
+    _check(cfg.use_beit_v2, cfg, "use_beit_v2", "must be true: BEiT-v2 is the only vision encoder")
+    _check(cfg.patch_size > 0, cfg, "patch_size", f"must be positive, got {cfg.patch_size}")
+    _check(cfg.log.print_period > 0, cfg, "log.print_period", f"must be positive, got {cfg.log.print_period}")
+
+
+def annotation_path(cfg: Config, split: str, lang: str) -> Path:
+    return Path(cfg.anno_dir) / f"{split}_reid_{lang}.json"
+
+
+def check_paths(cfg: Config, need_train: bool = True) -> None:
+    """Every file and folder the run will read exists (the ``--check`` contract)."""
+    def missing(key: str, path: str, kind: str) -> None:
+        raise ConfigError(f"{cfg.source}: key '{key}': {kind} not found: {path}")
+
+    if not os.path.isdir(cfg.anno_dir):
+        missing("anno_dir", cfg.anno_dir, "annotation folder")
+    splits = ("train", "test") if need_train else ("test",)
+    for split in splits:
+        for lang in (cfg.data.source_language, cfg.data.target_language):
+            p = annotation_path(cfg, split, lang)
+            if not p.is_file():
+                missing("anno_dir", str(p), "annotation file")
+    if not os.path.isdir(cfg.image_dir):
+        missing("image_dir", cfg.image_dir, "image folder")
+    if not os.path.isdir(cfg.text_encoder):
+        missing("text_encoder", cfg.text_encoder, "text encoder folder")
+    if not os.path.isfile(os.path.join(cfg.text_encoder, "config.json")):
+        missing("text_encoder", os.path.join(cfg.text_encoder, "config.json"), "file")
+    tok_files = ("tokenizer.json", "sentencepiece.bpe.model")
+    if not any(os.path.isfile(os.path.join(cfg.text_encoder, t)) for t in tok_files):
+        raise ConfigError(f"{cfg.source}: key 'text_encoder': no tokenizer in {cfg.text_encoder} "
+                          f"(expected {' or '.join(tok_files)})")
+    load_vision_json(cfg.vision_config)
+    if cfg.model.resume and not os.path.isfile(cfg.model.resume):
+        missing("model.resume", cfg.model.resume, "checkpoint")
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically), so a run records what it used."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False, allow_unicode=True)
+    os.replace(tmp, path)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<checkpoint>") -> Config:
+    """Rebuild a Config from ``Config.to_dict()`` output (e.g. stored in a checkpoint)."""
+    cfg = _build(Config, raw, "", source)
+    cfg.source = source
+    validate(cfg)
+    return cfg
+
+
+__all__ = ["Config", "ConfigError", "LANGUAGES", "load_config", "apply_override", "validate", "check_paths",
+           "save_config", "config_from_dict", "annotation_path", "load_vision_json"]

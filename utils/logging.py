@@ -1,0 +1,49 @@
+"""Run logs: a JSON-lines file of steps and evaluations, and console messages on rank 0."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from utils.distributed import is_main_process
+
+
+def info(msg: str) -> None:
+    """Print on the main process only (to stderr, so stdout stays for results)."""
+    if is_main_process():
+        print(msg, file=sys.stderr, flush=True)
+
+
+class JsonlLog:
+    """Append-only JSON-lines log; every record gets a ``kind`` and a wall-clock ``time``.
+
+    Only the main process writes. Each line is flushed, so a killed run keeps its log.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.enabled = is_main_process()
+        if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, kind: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        record = {"kind": kind, "time": round(time.time(), 3), **fields}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def format_table(results: dict[str, dict[str, float]], keys: tuple[str, ...] = ("R1", "R5", "R10", "mAP", "mINP")) -> str:
+    """Plain-text table, one row per language."""
+    head = f"{'lang':<6}" + "".join(f"{k:>8}" for k in keys)
+    rows = [f"{lang:<6}" + "".join(f"{m[k]:8.2f}" for k in keys) for lang, m in results.items()]
+    return "\n".join([head, *rows])
