@@ -71,17 +71,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from data.annotations import DataError
-    from engine.train import TrainingError
-    from utils.checkpoint import CheckpointError
-    from utils.config import ConfigError
     from utils.distributed import cleanup_and_exit
+    from utils.errors import InputError, TrainingError
 
     args = parse_args(argv)
     code = 0
     try:
         code = run(args)
-    except (ConfigError, DataError, CheckpointError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2
     except TrainingError as e:

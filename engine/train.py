@@ -28,13 +28,10 @@ from model import build_model
 from utils.checkpoint import CheckpointError, load_safe, save_atomic
 from utils.config import Config, save_config
 from utils.distributed import DistInfo, all_gather_object, all_reduce_mean, barrier, is_dist
+from utils.errors import TrainingError
 from utils.logging import JsonlLog, format_table, info
 
 CHECKPOINT_FORMAT = "bi-irra/1"
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (e.g. a non-finite loss); the message is one line."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 
+from utils.errors import InputError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(InputError):
     """A checkpoint file that cannot be used; the message is one line naming the file."""
 
 

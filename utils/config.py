@@ -18,10 +18,12 @@ from typing import Any
 
 import yaml
 
+from utils.errors import InputError
+
 LANGUAGES = ("en", "ch", "fr", "de")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration problem, reported as one line."""
 
 
