@@ -101,7 +101,7 @@ class Trainer:
         if for_training:
             self.model, self.tokenizer = build_model(cfg, num_ids=0)
             self.loader = build_train_loader(cfg, self.tokenizer, self.dist.rank, self.dist.world_size)
-            self.num_ids = self.loader.dataset.num_ids
+            self.num_ids = self.loader.dataset.num_persons
             if cfg.id.use_id:
                 self.model, self.tokenizer = build_model(cfg, num_ids=self.num_ids)
         else:
@@ -200,7 +200,7 @@ class Trainer:
                     self.log.write("step", epoch=epoch + 1, step=step, lr=lr, samples_per_s=round(rate, 2),
                                    loss=sum(vals.values()), **vals)
             bar.close()
-            bad_images = getattr(self.loader.dataset, "bad_image_count", 0)
+            bad_images = self.loader.dataset.skipped
             if bad_images:
                 info(f"epoch {epoch + 1}: skipped {bad_images} unreadable image(s) so far")
             results = evaluate_languages(model, cfg, sets, dev)

@@ -1,0 +1,77 @@
+"""Shared helpers of the data tests: a tiny synthetic dataset, configs pointing at it, raw files."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.synthetic import generate
+from utils.config import Config
+
+SIZE = (32, 16)  # H x W of the tiny images; patch 8 -> a 4 x 2 grid
+
+
+class StandInMaskGenerator:
+    """Used only if model.vision is not importable: masks the first round(ratio * N) patches."""
+
+    def __init__(self, grid: tuple[int, int], mask_ratio: float):
+        self.grid, self.mask_ratio = grid, mask_ratio
+
+    def __call__(self, rng: np.random.Generator) -> np.ndarray:
+        n = self.grid[0] * self.grid[1]
+        mask = np.zeros(n, dtype=bool)
+        mask[rng.permutation(n)[:int(round(self.mask_ratio * n))]] = True
+        return mask.reshape(self.grid)
+
+
+def ensure_mask_generator() -> None:
+    try:
+        from model.vision import BlockMaskGenerator  # noqa: F401
+    except ImportError:
+        sys.modules["model.vision"] = types.SimpleNamespace(BlockMaskGenerator=StandInMaskGenerator)
+
+
+def make_synthetic(root: Path, seed: int = 0, **sizes) -> Path:
+    """A tiny synthetic dataset (4 train ids, 1 val id, 3 test ids, 2 images each, 32x16)."""
+    kw = {"train_ids": 4, "val_ids": 1, "test_ids": 3, "images_per_id": 2, "size": SIZE, "hidden_size": 32,
+          "processes": 1}
+    kw.update(sizes)
+    generate(root, seed=seed, **kw)
+    return root
+
+
+def make_config(root: Path, **data) -> Config:
+    """A Config for the dataset under ``root`` at the tiny resolution."""
+    cfg = Config()
+    cfg.anno_dir, cfg.image_dir, cfg.text_encoder = str(root / "annos"), str(root / "imgs"), str(root / "text_encoder")
+    cfg.experiment.input_resolution = list(SIZE)
+    cfg.experiment.text_length = 32
+    cfg.patch_size = 8
+    cfg.data.batch_size = 4
+    cfg.data.num_workers = 0
+    for k, v in data.items():
+        setattr(cfg.data, k, v)
+    return cfg
+
+
+def write_json(path: Path, obj: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    ensure_mask_generator()
+    return make_synthetic(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(synthetic_root):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(synthetic_root / "text_encoder"))

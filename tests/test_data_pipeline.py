@@ -1,0 +1,155 @@
+"""Datasets and loaders: sample contents, per-sample determinism, collate, evaluation data, bad images."""
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+import torch
+
+from data.annotations import DataError
+from data.datasets import TrainDataset
+from data.loader import build_eval_data, build_train_loader, collate_train
+from data.text import IGNORE_INDEX
+from tests.data_fixtures import make_config, synthetic_root, tokenizer  # noqa: F401
+
+KEYS = {"images", "image_mask", "src_ids", "src_mask", "tgt_ids", "tgt_mask", "src_mlm_ids", "src_mlm_labels",
+        "tgt_mlm_ids", "tgt_mlm_labels", "pids", "index"}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+
+
+def test_train_item_contents(synthetic_root, tokenizer):  # noqa: F811
+    cfg = make_config(synthetic_root)
+    ds = TrainDataset(cfg, tokenizer)
+    assert len(ds) == 4 * 2 * 2 and ds.num_persons == 4
+    item = ds[3]
+    assert item["image"].shape == (3, 32, 16)
+    assert item["image_mask"].dtype == torch.bool and item["image_mask"].shape == (8,)
+    assert int(item["image_mask"].sum()) == round(cfg.mim.mask_ratio * 8)
+    assert item["src_ids"][0] == tokenizer.bos_token_id and item["src_ids"][-1] == tokenizer.eos_token_id
+    assert len(item["src_ids"]) <= cfg.experiment.text_length and len(item["tgt_ids"]) <= cfg.experiment.text_length
+    assert item["index"] == 3 and sorted({int(p) for p in ds.pid_of}) == [0, 1, 2, 3]
+    assert len(item["src_mlm_ids"]) == len(item["src_mlm_labels"]) == len(item["src_ids"])
+
+
+def test_same_seed_epoch_index_same_sample_other_epoch_differs(synthetic_root, tokenizer):  # noqa: F811
+    cfg = make_config(synthetic_root)
+    a, b = TrainDataset(cfg, tokenizer), TrainDataset(cfg, tokenizer)
+    b[0], b[5]  # consuming other samples first changes nothing
+    for i in range(len(a)):
+        assert _same(a[i], b[i])
+    a.set_epoch(1)
+    differs = [not torch.equal(a[i]["image"], b[i]["image"]) for i in range(len(a))]
+    assert sum(differs) >= len(a) - 1
+    cfg2 = make_config(synthetic_root)
+    cfg2.misc.seed = 2
+    assert not torch.equal(TrainDataset(cfg2, tokenizer)[0]["image"], b[0]["image"])
+
+
+def _epoch(cfg, tokenizer, epoch, rank=0, world_size=1):  # noqa: F811
+    loader = build_train_loader(cfg, tokenizer, rank, world_size)
+    loader.batch_sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)
+    return list(loader)
+
+
+def test_batches_do_not_depend_on_workers_or_processes(synthetic_root, tokenizer):  # noqa: F811
+    cfg0 = make_config(synthetic_root, num_workers=0)
+    cfg2 = make_config(synthetic_root, num_workers=2)
+    b0, b2 = _epoch(cfg0, tokenizer, 3), _epoch(cfg2, tokenizer, 3)
+    assert len(b0) == 16 // 4 and all(_same(x, y) for x, y in zip(b0, b2))
+    assert not _same(_epoch(cfg0, tokenizer, 0)[0], b0[0])
+    # two processes with batch 2 see exactly the halves of one process's batch 4
+    cfg_half = make_config(synthetic_root, num_workers=0, batch_size=2)
+    r0, r1 = _epoch(cfg_half, tokenizer, 3, 0, 2), _epoch(cfg_half, tokenizer, 3, 1, 2)
+    for full, x, y in zip(b0, r0, r1):
+        assert torch.equal(full["index"], torch.cat([x["index"], y["index"]]))
+        assert torch.equal(full["images"], torch.cat([x["images"], y["images"]]))
+        assert torch.equal(full["src_mlm_ids"][:2, :x["src_mlm_ids"].shape[1]], x["src_mlm_ids"])
+
+
+def test_collate_keys_padding_and_masks(synthetic_root, tokenizer):  # noqa: F811
+    cfg = make_config(synthetic_root)
+    ds = TrainDataset(cfg, tokenizer)
+    items = [ds[i] for i in range(5)]
+    batch = collate_train(items, pad_id=tokenizer.pad_token_id)
+    assert set(batch) == KEYS
+    assert batch["images"].shape == (5, 3, 32, 16) and batch["image_mask"].shape == (5, 8)
+    for lang in ("src", "tgt"):
+        ids, mask = batch[f"{lang}_ids"], batch[f"{lang}_mask"]
+        assert ids.dtype == mask.dtype == torch.long
+        assert ids.shape[1] == max(len(it[f"{lang}_ids"]) for it in items)
+        for row, m, it in zip(ids, mask, items):
+            n = len(it[f"{lang}_ids"])
+            assert row[:n].tolist() == it[f"{lang}_ids"] and (row[n:] == tokenizer.pad_token_id).all()
+            assert m[:n].all() and not m[n:].any()
+        labels = batch[f"{lang}_mlm_labels"]
+        assert labels.shape == ids.shape and (labels[mask == 0] == IGNORE_INDEX).all()
+    assert batch["pids"].tolist() == [it["pid"] for it in items] and batch["index"].tolist() == list(range(5))
+
+
+def test_mlm_off_and_batch_too_large(synthetic_root, tokenizer):  # noqa: F811
+    cfg = make_config(synthetic_root)
+    cfg.mlm.is_mlm = False
+    batch = next(iter(build_train_loader(cfg, tokenizer)))
+    assert set(batch) == KEYS - {"src_mlm_ids", "src_mlm_labels", "tgt_mlm_ids", "tgt_mlm_labels"}
+    cfg.data.batch_size = 9
+    with pytest.raises(DataError, match="16 samples, fewer than one global batch .*lower data.batch_size"):
+        build_train_loader(cfg, tokenizer, world_size=2)
+
+
+@pytest.mark.parametrize("lang", ["en", "ch"])
+def test_eval_data(synthetic_root, tokenizer, lang):  # noqa: F811
+    cfg = make_config(synthetic_root)
+    ev = build_eval_data(cfg, "test", lang, tokenizer)
+    assert len(ev.gallery) == 6 and ev.gallery_pids.shape == (6,) and len(ev.gallery_paths) == 6
+    assert ev.query_pids.shape == (12,) and len(ev.captions) == 12
+    assert ev.query_ids.shape == ev.query_mask.shape == (12, cfg.experiment.text_length)
+    assert ev.query_ids.dtype == ev.query_mask.dtype == torch.long
+    img, idx = ev.gallery[4]
+    assert img.shape == (3, 32, 16) and idx == 4
+    assert ev.query_pids[8].item() == ev.gallery_pids[4].item()  # captions 8, 9 describe image 4
+    assert all(c == c.lower() and "." not in c and "。" not in c for c in ev.captions)
+
+
+def _broken_copy(src, dst):
+    shutil.copytree(src, dst)
+    (dst / "imgs" / "train" / "00001_0.png").write_bytes(b"not an image")
+    return dst
+
+
+def test_bad_image_error_and_skip(synthetic_root, tokenizer, tmp_path, caplog):  # noqa: F811
+    root = _broken_copy(synthetic_root, tmp_path / "broken")
+    cfg = make_config(root)
+    ds = TrainDataset(cfg, tokenizer)
+    with pytest.raises(DataError, match="cannot read image .*00001_0.png"):
+        ds[0]
+    cfg = make_config(root, on_bad_image="skip")
+    ds = TrainDataset(cfg, tokenizer)
+    with caplog.at_level(logging.WARNING, logger="data.datasets"):
+        first, again, other = ds[0], ds[0], ds[1]
+    assert first["index"] == 2 and _same(first, again) and other["index"] == 2
+    assert ds.skipped == 3 and ds.bad.bad_files == 1
+    assert sum("00001_0.png" in r.getMessage() for r in caplog.records) == 1
+    cfg.data.num_workers = 2
+    loader = build_train_loader(cfg, tokenizer, dataset=TrainDataset(cfg, tokenizer))
+    seen = torch.cat([b["index"] for b in loader])
+    assert 0 not in seen.tolist() and 1 not in seen.tolist() and loader.dataset.skipped == 2
+
+
+def test_bad_gallery_image(synthetic_root, tokenizer, tmp_path):  # noqa: F811
+    root = tmp_path / "broken"
+    shutil.copytree(synthetic_root, root)
+    path = root / "imgs" / "test" / "00007_1.png"
+    path.write_bytes(b"")
+    ev = build_eval_data(make_config(root), "test", "en", tokenizer)
+    i = ev.gallery_paths.index(str(path))
+    with pytest.raises(DataError, match="cannot read image .*00007_1.png"):
+        ev.gallery[i]
+    ev = build_eval_data(make_config(root, on_bad_image="skip"), "test", "en", tokenizer)
+    img, idx = ev.gallery[i]
+    assert idx == i and not img.any() and ev.gallery.skipped == 1

@@ -1,0 +1,99 @@
+"""Synthetic dataset: determinism, real annotation format, aligned translations, loadable tokenizer."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from data.annotations import load_split
+from data.synthetic import main
+from tests.data_fixtures import make_config, make_synthetic, synthetic_root  # noqa: F401
+
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_identical_files_other_seed_differs(synthetic_root, tmp_path):  # noqa: F811
+    again = _files(make_synthetic(tmp_path / "again"))
+    first = _files(synthetic_root)
+    assert again.keys() == first.keys() and all(again[k] == first[k] for k in first)
+    other = _files(make_synthetic(tmp_path / "other", seed=1))
+    assert other.keys() == first.keys()
+    imgs = [k for k in first if k.suffix == ".png"]
+    assert sum(other[k] != first[k] for k in imgs) == len(imgs)
+    assert other[next(k for k in first if k.name == "train_reid_en.json")] != first[next(
+        k for k in first if k.name == "train_reid_en.json")]
+
+
+def test_layout_and_format(synthetic_root):  # noqa: F811
+    for split, n_ids in (("train", 4), ("val", 1), ("test", 3)):
+        for lang in ("en", "ch", "fr", "de"):
+            entries = json.loads((synthetic_root / "annos" / f"{split}_reid_{lang}.json").read_text(encoding="utf-8"))
+            assert len(entries) == n_ids * 2 and len({e["id"] for e in entries}) == n_ids
+            for e in entries:
+                assert set(e) == {"file_path", "id", "captions"} and len(e["captions"]) == 2
+                assert (synthetic_root / "imgs" / e["file_path"]).is_file()
+                if lang == "ch":
+                    assert all(CJK.search(c) for c in e["captions"])
+    ids = {s: {e["id"] for e in json.loads((synthetic_root / "annos" / f"{s}_reid_en.json").read_text())}
+           for s in ("train", "val", "test")}
+    assert not ids["train"] & ids["test"] and not ids["train"] & ids["val"] and not ids["val"] & ids["test"]
+
+
+@pytest.mark.parametrize("tgt", ["ch", "fr", "de"])
+def test_annotations_load_through_the_real_code_path(synthetic_root, tgt):  # noqa: F811
+    cfg = make_config(synthetic_root, target_language=tgt)
+    for split in ("train", "val", "test"):
+        pairs = load_split(cfg, split)
+        assert pairs and all(len(p.src_captions) == len(p.tgt_captions) == 2 for p in pairs)
+        assert pairs[0].src_captions != pairs[0].tgt_captions
+
+
+def test_captions_vary_in_wording_and_order(tmp_path):
+    root = make_synthetic(tmp_path / "s", train_ids=20, val_ids=0, test_ids=2, images_per_id=2, size=(16, 8))
+    caps = [c for e in json.loads((root / "annos" / "train_reid_en.json").read_text()) for c in e["captions"]]
+    assert len(set(caps)) == len(caps)
+    assert len({c.split()[0] for c in caps}) >= 2 and len({c.split()[2] for c in caps}) >= 5
+    assert not (root / "annos" / "val_reid_en.json").exists()
+
+
+def test_tokenizer_folder_loads_offline_and_knows_chinese(synthetic_root):  # noqa: F811
+    code = (
+        "import json, sys\n"
+        "from transformers import AutoTokenizer\n"
+        "root = sys.argv[1]\n"
+        "tok = AutoTokenizer.from_pretrained(root + '/text_encoder')\n"
+        "cfg = json.load(open(root + '/text_encoder/config.json'))\n"
+        "assert cfg['vocab_size'] == len(tok) and cfg['model_type'] == 'xlm-roberta'\n"
+        "assert (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2, 3)\n"
+        "assert tok.mask_token_id == len(tok) - 1\n"
+        "caps = [c for e in json.load(open(root + '/annos/test_reid_ch.json')) for c in e['captions']]\n"
+        "ids = tok(caps)['input_ids']\n"
+        "assert all(tok.unk_token_id not in x for x in ids)\n"
+        "pieces = set(p for x in ids for p in tok.convert_ids_to_tokens(x))\n"
+        "assert {'红', '色'} <= pieces or '红色' in pieces, sorted(pieces)[:50]\n"
+        "print('ok')\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", code, str(synthetic_root)], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    cfg = json.loads((synthetic_root / "text_encoder" / "config.json").read_text())
+    assert (cfg["hidden_size"], cfg["num_attention_heads"], cfg["max_position_embeddings"], cfg["layer_norm_eps"]) == (32, 4, 130, 1e-5)
+    assert {"sentencepiece.bpe.model", "tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(synthetic_root / "text_encoder"))
+
+
+def test_cli(tmp_path, capsys):
+    main(["--out", str(tmp_path / "cli"), "--train-ids", "2", "--val-ids", "0", "--test-ids", "2",
+          "--images-per-id", "1", "--size", "16x8", "--hidden-size", "16"])
+    out = capsys.readouterr().out
+    assert "train: 2 ids, 2 images, 4 captions" in out
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "x"), "--size", "big"])
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "x"), "--hidden-size", "30"])
