@@ -10,7 +10,7 @@ from utils.config import Schedule
 
 # Parameters that train at lr * ratio_factor: cross-attention and the heads that the
 # pretrained checkpoint does not provide.
-RATIO_KEYS = ("crossattention", "tl_text_proj", "mim_head", "mask_token", "id_head", "itm_head")
+RATIO_KEYS = ("crossattention", "tl_text_proj", "mim_head", "mask_token", "classifier")
 
 
 def no_decay(name: str, p: nn.Parameter) -> bool:

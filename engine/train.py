@@ -24,7 +24,7 @@ from engine.amp import amp_dtype, autocast_for
 from engine.evaluate import EvalResult, evaluate
 from engine.optim import build_optimizer, build_scheduler
 from engine.report import write_reports
-from model import build_model
+from model import build_model, load_finetuned
 from utils.checkpoint import CheckpointError, load_safe, save_atomic
 from utils.config import Config, save_config
 from utils.distributed import DistInfo, all_gather_object, all_reduce_mean, barrier, is_dist
@@ -65,15 +65,12 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_model_weights(model: nn.Module, path: str) -> dict[str, Any]:
-    """Load this project's checkpoint into ``model`` (strict), returning the whole file."""
+    """Load this project's checkpoint into ``model`` (every key must match); return the file."""
     ckpt = load_safe(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a Bi-IRRA fine-tuned checkpoint of this project "
                               "(pretrained X2-VLM checkpoints go in model.resume)")
-    missing, unexpected = unwrap(model).load_state_dict(ckpt["model"], strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: does not match the model built from the config "
-                              f"(missing: {', '.join(missing[:5]) or '-'}; unexpected: {', '.join(unexpected[:5]) or '-'})")
+    load_finetuned(unwrap(model), path, ckpt)
     return ckpt
 
 

@@ -1,0 +1,36 @@
+"""Bi-IRRA model package: ``build_model(cfg)`` returns the model and its tokenizer."""
+from __future__ import annotations
+
+import logging
+
+from transformers import PreTrainedTokenizerBase
+
+from utils.config import Config, ConfigError
+from .bi_irra import BiIRRA
+from .checkpoint import CheckpointError, LoadReport, load_finetuned, load_pretrained
+from .text import build_tokenizer
+from .vision import BlockMaskGenerator
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: Config, num_ids: int = 0) -> tuple[BiIRRA, PreTrainedTokenizerBase]:
+    """Model and tokenizer from ``cfg.text_encoder``; loads ``cfg.model.resume`` when set.
+
+    ``num_ids`` (number of training identities) is only needed with ``id.use_id``.
+    """
+    tokenizer = build_tokenizer(cfg.text_encoder)
+    model = BiIRRA(cfg, num_ids)
+    vocab = model.text_encoder.config.vocab_size
+    if len(tokenizer) > vocab:
+        raise ConfigError(f"{cfg.source}: key 'text_encoder': tokenizer has {len(tokenizer)} tokens but "
+                          f"config.json's vocab_size is {vocab}")
+    if cfg.model.resume:
+        load_pretrained(model, cfg.model.resume)
+    else:
+        log.info("model.resume is empty: no pretrained checkpoint loaded")
+    return model, tokenizer
+
+
+__all__ = ["BiIRRA", "build_model", "build_tokenizer", "BlockMaskGenerator", "CheckpointError", "LoadReport",
+           "load_pretrained", "load_finetuned"]

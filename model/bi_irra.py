@@ -1,0 +1,183 @@
+"""Bi-IRRA: BEiT-v2 image encoder, XLM-R text encoder, fusion encoder and the SPEC §4 losses."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.config import Config, ConfigError
+from .fusion import KV, FusionEncoder
+from .heads import MLMHead, mlp_head
+from .losses import cosine_distill_loss, itc_loss, masked_token_ce, sample_negatives, sdm_loss
+from .text import build_text_encoder, load_text_config
+from .vision import build_vision_encoder
+
+TEMP_RANGE = (0.001, 0.5)
+
+
+class BiIRRA(nn.Module):
+    """The Bi-IRRA model; ``forward(batch)`` returns the named, already weighted losses.
+
+    Parameters exist only for enabled losses (DDP must find no unused parameter):
+    ``mask_token`` when masked images are used (``mim.use_mim`` or ``itm.use_mask``),
+    ``mim_head`` with ``mim.use_mim``, ``mlm_head`` with ``mlm.is_mlm``, ``tl_text_proj``
+    unless ``use_one_cl_proj_only``, ``classifier`` with ``id.use_id``.
+    """
+
+    def __init__(self, cfg: Config, num_ids: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        text_config = load_text_config(cfg.text_encoder)
+        width = cfg.vision_json()["vision_width"]
+        if width != text_config.hidden_size:
+            raise ConfigError(f"{cfg.source}: vision_width {width} of {cfg.vision_config} must equal the text "
+                              f"encoder's hidden_size {text_config.hidden_size} ({cfg.text_encoder}/config.json)")
+        if cfg.id.use_id and num_ids <= 0:
+            raise ValueError("id.use_id needs the number of training identities (num_ids > 0)")
+        self.use_masked_image = cfg.mim.use_mim or cfg.itm.use_mask
+        embed_dim = cfg.model.embed_dim
+
+        self.vision_encoder = build_vision_encoder(cfg, use_mask_token=self.use_masked_image)
+        self.text_encoder = build_text_encoder(cfg.text_encoder, cfg.text_fusion_start_at)
+        config = self.text_encoder.config
+        self.cross_encoder = FusionEncoder(config, cfg.text_num_hidden_layers - cfg.text_fusion_start_at)
+
+        self.vision_proj = nn.Linear(width, embed_dim)
+        self.text_proj = nn.Linear(width, embed_dim)
+        self.tl_text_proj = None if cfg.use_one_cl_proj_only else nn.Linear(width, embed_dim)
+        if self.tl_text_proj is not None:
+            self.tl_text_proj.load_state_dict(self.text_proj.state_dict())
+        self.temp = nn.Parameter(torch.tensor(float(cfg.model.temp)))
+        self.itm_head = mlp_head(width, 2)
+        self.mim_head = mlp_head(width, width) if cfg.mim.use_mim else None
+        self.mlm_head = None
+        if cfg.mlm.is_mlm:
+            self.mlm_head = MLMHead(width, config.vocab_size, config.layer_norm_eps)
+            if config.tie_word_embeddings:
+                self.mlm_head.tie(self.text_encoder.embeddings.word_embeddings)
+        self.classifier = nn.Linear(embed_dim, num_ids) if cfg.id.use_id else None
+
+        if cfg.model.grad_checkpointing:
+            self.vision_encoder.set_grad_checkpointing(True)
+            self.text_encoder.activation_checkpointing_enable({"use_reentrant": False})
+            self.cross_encoder.grad_checkpointing = True
+
+    # ----------------------------------------------------------------- encoders and features
+    def temperature(self) -> torch.Tensor:
+        """The learnable temperature, clamped to a sane range where it is used."""
+        return self.temp.clamp(*TEMP_RANGE)
+
+    def encode_image(self, images: torch.Tensor, image_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, 1 + N, D]; token 0 is the pooled token."""
+        return self.vision_encoder(images, image_mask)
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Text layers only: [B, L] ids and padding mask -> [B, L, D]."""
+        return self.text_encoder(ids, mask)
+
+    def image_feature(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
+
+    def _text_proj(self, target: bool) -> nn.Linear:
+        return self.tl_text_proj if target and self.tl_text_proj is not None else self.text_proj
+
+    def text_feature(self, text_embeds: torch.Tensor, target: bool) -> torch.Tensor:
+        """Source captions use ``text_proj``, target-language captions ``tl_text_proj``."""
+        return F.normalize(self._text_proj(target)(text_embeds[:, 0]), dim=-1)
+
+    def image_kv(self, image_embeds: torch.Tensor) -> list[KV]:
+        """Cross-attention keys/values of every fusion layer, reusable for many captions."""
+        return self.cross_encoder.cross_kv(image_embeds)
+
+    def fuse_text(self, text_embeds: torch.Tensor, text_mask: torch.Tensor, image_embeds: torch.Tensor | None = None,
+                  image_kv: list[KV] | None = None) -> torch.Tensor:
+        """Fusion layers with the text as queries and the image as context."""
+        return self.cross_encoder(text_embeds, text_mask, context=image_embeds, cross_kv=image_kv)
+
+    def itm_logits(self, text_embeds: torch.Tensor, text_mask: torch.Tensor, image_embeds: torch.Tensor | None = None,
+                   image_kv: list[KV] | None = None) -> torch.Tensor:
+        return self.itm_head(self.fuse_text(text_embeds, text_mask, image_embeds, image_kv)[:, 0])
+
+    def itm_score(self, text_embeds: torch.Tensor, text_mask: torch.Tensor, image_embeds: torch.Tensor | None = None,
+                  image_kv: list[KV] | None = None) -> torch.Tensor:
+        """Match logit minus non-match logit [B] (class 1 = match, as upstream)."""
+        logits = self.itm_logits(text_embeds, text_mask, image_embeds, image_kv)
+        return logits[:, 1] - logits[:, 0]
+
+    @torch.no_grad()
+    def mim_teacher(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """D-MIM target: unmasked image tokens as queries over the source caption, no gradient."""
+        return self.cross_encoder(image_embeds.detach(), None, context=text_embeds.detach(), context_mask=text_mask)
+
+    # ----------------------------------------------------------------- losses
+    def _itm_loss(self, text_embeds: torch.Tensor, text_mask: torch.Tensor, image_kv: list[KV],
+                  image_feat: torch.Tensor, text_feat: torch.Tensor, pids: torch.Tensor,
+                  temp: torch.Tensor) -> torch.Tensor:
+        """B positive pairs plus one hard negative image per text and one hard negative text per image.
+
+        Negatives come from the local batch (see ``losses.sample_negatives``: rows whose
+        batch holds only their own person get no negative).
+        """
+        b = text_embeds.shape[0]
+        rows = torch.arange(b, device=text_embeds.device)
+        with torch.no_grad():
+            sim_t2i = text_feat @ image_feat.t()
+            neg_image, valid_t = sample_negatives(sim_t2i, pids, pids, temp)
+            neg_text, valid_i = sample_negatives(sim_t2i.t(), pids, pids, temp)
+        text_idx = torch.cat([rows, rows[valid_t], neg_text])
+        image_idx = torch.cat([rows, neg_image, rows[valid_i]])
+        kv = [(k[image_idx], v[image_idx]) for k, v in image_kv]
+        logits = self.itm_logits(text_embeds[text_idx], text_mask[text_idx], image_kv=kv)
+        labels = torch.zeros(text_idx.shape[0], dtype=torch.long, device=logits.device)
+        labels[:b] = 1
+        return F.cross_entropy(logits.float(), labels)
+
+    def _mlm_loss(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+                  image_kv: list[KV]) -> torch.Tensor:
+        """Masked caption through text + fusion layers (cross-attending to the unmasked image)."""
+        hidden = self.fuse_text(self.encode_text(ids, mask), mask, image_kv=image_kv)
+        chosen = labels != -100
+        return masked_token_ce(self.mlm_head(hidden[chosen]), labels[chosen])
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        images, pids = batch["images"], batch["pids"]
+        src_mask, tgt_mask = batch["src_mask"], batch["tgt_mask"]
+        temp = self.temperature()
+
+        image = self.encode_image(images)
+        masked = self.encode_image(images, batch["image_mask"]) if self.use_masked_image else None
+        src = self.encode_text(batch["src_ids"], src_mask)
+        tgt = self.encode_text(batch["tgt_ids"], tgt_mask)
+        image_proj = self.vision_proj(image[:, 0])
+        src_proj, tgt_proj = self._text_proj(False)(src[:, 0]), self._text_proj(True)(tgt[:, 0])
+        image_feat = F.normalize(image_proj, dim=-1)
+        src_feat, tgt_feat = F.normalize(src_proj, dim=-1), F.normalize(tgt_proj, dim=-1)
+
+        gather = cfg.model.use_gather
+        losses = {"itc": 0.5 * (itc_loss(image_feat, src_feat, pids, temp, gather)
+                                + itc_loss(image_feat, tgt_feat, pids, temp, gather))}
+
+        image_kv = self.image_kv(image)
+        tgt_kv = self.image_kv(masked) if cfg.itm.use_mask else image_kv
+        itm_s = self._itm_loss(src, src_mask, image_kv, image_feat, src_feat, pids, temp)
+        itm_t = self._itm_loss(tgt, tgt_mask, tgt_kv, image_feat, tgt_feat, pids, temp)
+        losses["itm"] = cfg.itm.weight * 0.5 * (itm_s + itm_t)
+
+        if self.mlm_head is not None:
+            losses["mlm"] = (self._mlm_loss(batch["src_mlm_ids"], src_mask, batch["src_mlm_labels"], image_kv)
+                             + self._mlm_loss(batch["tgt_mlm_ids"], tgt_mask, batch["tgt_mlm_labels"], image_kv))
+        if self.mim_head is not None:
+            teacher = self.mim_teacher(image, src, src_mask)
+            student = self.mim_head(self.cross_encoder(masked, None, context=tgt, context_mask=tgt_mask))
+            losses["mim"] = cfg.mim.weight * cosine_distill_loss(student, teacher)
+        if cfg.sdm.use_sdm:
+            losses["sdm"] = cfg.sdm.weight * 0.5 * (sdm_loss(image_feat, src_feat, pids, temp, gather)
+                                                    + sdm_loss(image_feat, tgt_feat, pids, temp, gather))
+        if self.classifier is not None:
+            id_loss = sum(F.cross_entropy(self.classifier(p).float(), pids) for p in (image_proj, src_proj, tgt_proj))
+            losses["id"] = cfg.id.weight * id_loss / 3
+        return losses
+
+
+__all__ = ["BiIRRA", "TEMP_RANGE"]

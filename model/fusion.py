@@ -1,0 +1,155 @@
+"""Fusion encoder: BERT-style layers with bidirectional self-attention and cross-attention.
+
+Parameter names follow BERT/X2-VLM (``attention.self.query``, ``crossattention.output.LayerNorm``,
+``intermediate.dense``, ``output.LayerNorm`` ...), so pretrained fusion layers load by name.
+Queries can be text tokens (image as context: ITM, MLM, re-ranking) or image tokens (text
+as context: D-MIM). The cross-attention keys/values of every layer depend only on the
+context, so they can be computed once per image with :meth:`FusionEncoder.cross_kv` and
+reused for many captions; the result is identical to passing the context itself.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+from transformers import XLMRobertaConfig
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+def padding_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """[B, L] (1/True = token) -> boolean SDPA mask [B, 1, 1, L] (True = attend)."""
+    if mask is None:
+        return None
+    return mask.bool()[:, None, None, :]
+
+
+class AttentionProjections(nn.Module):
+    """query/key/value projections and the multi-head attention itself."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden size {hidden} is not divisible by {heads} heads")
+        self.heads = heads
+        self.dropout = dropout
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+    def kv(self, context: torch.Tensor) -> KV:
+        """Keys and values [B, heads, Lk, head_dim] of ``context``."""
+        return self._split(self.key(context)), self._split(self.value(context))
+
+    def forward(self, x: torch.Tensor, kv: KV, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        q = self._split(self.query(x))
+        k, v = kv
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        b, h, n, dh = out.shape
+        return out.transpose(1, 2).reshape(b, n, h * dh)
+
+
+class AddNorm(nn.Module):
+    """Post-LN residual: LayerNorm(x + dropout(dense(y)))."""
+
+    def __init__(self, d_in: int, hidden: int, dropout: float, eps: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(d_in, hidden)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(residual + self.dropout(self.dense(y)))
+
+
+class Attention(nn.Module):
+    """BERT attention block: ``self`` (projections + attention) and ``output`` (dense + LN)."""
+
+    def __init__(self, config: XLMRobertaConfig) -> None:
+        super().__init__()
+        h = config.hidden_size
+        self.self = AttentionProjections(h, config.num_attention_heads, config.attention_probs_dropout_prob)
+        self.output = AddNorm(h, h, config.hidden_dropout_prob, config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, kv: KV, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.self(x, kv, attn_mask), x)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, config: XLMRobertaConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x))
+
+
+class FusionLayer(nn.Module):
+    """Self-attention over the queries, cross-attention to the context, feed-forward."""
+
+    def __init__(self, config: XLMRobertaConfig) -> None:
+        super().__init__()
+        self.attention = Attention(config)
+        self.crossattention = Attention(config)
+        self.intermediate = Intermediate(config)
+        self.output = AddNorm(config.intermediate_size, config.hidden_size,
+                              config.hidden_dropout_prob, config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, self_mask: torch.Tensor | None, cross_kv: KV,
+                cross_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.attention(x, self.attention.self.kv(x), self_mask)
+        x = self.crossattention(x, cross_kv, cross_mask)
+        return self.output(self.intermediate(x), x)
+
+
+class FusionEncoder(nn.Module):
+    """``num_layers`` fusion layers (the top of the published 18-layer text stack)."""
+
+    def __init__(self, config: XLMRobertaConfig, num_layers: int) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(FusionLayer(config) for _ in range(num_layers))
+        self.grad_checkpointing = False
+        self._init_std = config.initializer_range
+        self.apply(self._init_weights)
+
+    def _init_weights(self, m: nn.Module) -> None:
+        """BERT initialisation, as the text layers get from Hugging Face."""
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=self._init_std)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def cross_kv(self, context: torch.Tensor) -> list[KV]:
+        """Per-layer cross-attention keys/values of ``context``; reusable across queries."""
+        return [layer.crossattention.self.kv(context) for layer in self.layer]
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None, cross_kv: list[KV] | None = None) -> torch.Tensor:
+        """Fuse ``hidden`` [B, L, D] (padding ``mask`` [B, L] or None) with ``context``.
+
+        Give either ``context`` [B, Lk, D] or its precomputed ``cross_kv``; ``context_mask``
+        [B, Lk] (None = every context token is valid).
+        """
+        if (context is None) == (cross_kv is None):
+            raise ValueError("pass exactly one of context and cross_kv")
+        if cross_kv is None:
+            cross_kv = self.cross_kv(context)
+        self_mask, cross_mask = padding_mask(mask), padding_mask(context_mask)
+        for layer, kv in zip(self.layer, cross_kv):
+            if self.grad_checkpointing and self.training:
+                hidden = torch.utils.checkpoint.checkpoint(layer, hidden, self_mask, kv, cross_mask,
+                                                           use_reentrant=False)
+            else:
+                hidden = layer(hidden, self_mask, kv, cross_mask)
+        return hidden
+
+
+__all__ = ["FusionEncoder", "FusionLayer", "padding_mask"]

@@ -1,0 +1,84 @@
+"""XLM-R text encoder and tokenizer from a local Hugging Face folder (offline).
+
+Only the first ``text_fusion_start_at`` layers are text layers; the remaining layers of
+the published 18-layer stack are the fusion layers (model/fusion.py).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, XLMRobertaConfig, XLMRobertaModel
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def build_tokenizer(folder: str) -> PreTrainedTokenizerBase:
+    """The tokenizer stored in ``folder`` (never downloads)."""
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def load_text_config(folder: str) -> XLMRobertaConfig:
+    """``{folder}/config.json``; ``layer_norm_eps`` etc. come from the file (xlm-roberta-base: 1e-5)."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"text encoder config not found: {path}")
+    config = XLMRobertaConfig.from_json_file(path)
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def _read_weights(folder: str) -> dict[str, torch.Tensor] | None:
+    for name in WEIGHT_FILES:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        if name.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    return None
+
+
+class TextEncoder(XLMRobertaModel):
+    """XLM-R embeddings + text layers; always called with an explicit padding mask.
+
+    Passing the mask keeps attention bidirectional and padding-aware on every attention
+    backend (some paths fall back to a causal mask when none is given).
+    """
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def build_text_encoder(folder: str, num_layers: int) -> TextEncoder:
+    """Text encoder with ``num_layers`` layers, initialised from ``folder``'s weights when present.
+
+    Hugging Face xlm-roberta-base weights carry ``roberta.`` prefixes and an ``lm_head``;
+    only the embeddings and the first ``num_layers`` layers are taken from them.
+    """
+    config = load_text_config(folder)
+    config.num_hidden_layers = num_layers
+    encoder = TextEncoder(config, add_pooling_layer=False)
+    weights = _read_weights(folder)
+    if weights is not None:
+        own = encoder.state_dict()
+        picked = {}
+        for key, value in weights.items():
+            key = key.removeprefix("roberta.")
+            if key in own:
+                if own[key].shape != value.shape:
+                    raise ValueError(f"{folder}: weight '{key}' has shape {tuple(value.shape)}, "
+                                     f"expected {tuple(own[key].shape)}")
+                picked[key] = value
+        missing = sorted(set(own) - set(picked))
+        encoder.load_state_dict(picked, strict=False)
+        log.info("text encoder: loaded %d tensors from %s; missing %s", len(picked), folder, missing or "none")
+    return encoder
+
+
+__all__ = ["build_tokenizer", "load_text_config", "build_text_encoder", "TextEncoder"]

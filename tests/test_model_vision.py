@@ -1,0 +1,105 @@
+"""Block-wise mask generator and the BEiT-v2 encoder's output convention / masked forward."""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+
+from model.vision import BeitV2Encoder, BlockMaskGenerator, build_vision_encoder
+from tests.model_fixtures import tiny_config, tiny_text_dir  # noqa: F401 - fixture
+from utils.config import ConfigError
+
+SIZES = {"vision_width": 32, "patch_size": 8, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0, "drop_path_rate": 0.0}
+
+
+def components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
+    """4-connected components of the masked patches."""
+    seen = np.zeros_like(mask)
+    out = []
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        seen[start] = True
+        comp, queue = [], deque([start])
+        while queue:
+            i, j = queue.popleft()
+            comp.append((i, j))
+            for a, b in ((i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)):
+                if 0 <= a < mask.shape[0] and 0 <= b < mask.shape[1] and mask[a, b] and not seen[a, b]:
+                    seen[a, b] = True
+                    queue.append((a, b))
+        out.append(comp)
+    return out
+
+
+@pytest.mark.parametrize("grid", [(14, 14), (24, 8), (4, 2), (1, 1)])
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.4, 0.5, 0.75, 1.0])
+def test_masked_fraction_is_exact(grid: tuple[int, int], ratio: float) -> None:
+    gen = BlockMaskGenerator(grid, ratio)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = gen(rng)
+        assert mask.shape == grid and mask.dtype == bool
+        assert mask.sum() == round(ratio * grid[0] * grid[1])
+
+
+def test_masks_are_blocks_not_scattered_patches() -> None:
+    gen = BlockMaskGenerator((14, 14), 0.5)
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        mask = gen(rng)
+        comps = components(mask)
+        assert len(comps) <= 8, f"{len(comps)} components for {mask.sum()} masked patches"
+        # most masked patches have a masked 4-neighbour (rectangles, not salt-and-pepper)
+        lonely = sum(len(c) == 1 for c in comps)
+        assert lonely <= 2
+
+
+def test_random_patches_would_fail_the_block_check() -> None:
+    """Sanity check of the check itself: uniformly random masks scatter into many components."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros(14 * 14, dtype=bool)
+    mask[rng.choice(196, 98, replace=False)] = True
+    assert len(components(mask.reshape(14, 14))) > 8
+
+
+def test_generator_is_reproducible_and_varies() -> None:
+    gen = BlockMaskGenerator((14, 14), 0.5)
+    a = gen(np.random.default_rng(7))
+    b = gen(np.random.default_rng(7))
+    c = gen(np.random.default_rng(8))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_encoder_output_convention_and_masking() -> None:
+    enc = BeitV2Encoder(SIZES, (48, 16), use_mask_token=True).eval()  # non-square 6 x 2 grid
+    images = torch.randn(2, 3, 48, 16)
+    out = enc(images)
+    assert out.shape == (2, 1 + 12, 32)
+    torch.testing.assert_close(out[:, 0], out[:, 1:].mean(dim=1))
+    none_masked = enc(images, torch.zeros(2, 12, dtype=torch.bool))
+    assert torch.equal(none_masked, out)
+    masked = torch.from_numpy(BlockMaskGenerator((6, 2), 0.5)(np.random.default_rng(0)).reshape(1, -1))
+    assert not torch.allclose(enc(images, masked.expand(2, -1)), out)
+
+
+def test_ratio_zero_mask_gives_unmasked_forward() -> None:
+    enc = BeitV2Encoder(SIZES, (32, 16), use_mask_token=True).eval()
+    mask = BlockMaskGenerator((4, 2), 0.0)(np.random.default_rng(0))
+    images = torch.randn(3, 3, 32, 16)
+    assert torch.equal(enc(images, torch.from_numpy(mask.reshape(1, -1)).expand(3, -1)), enc(images))
+
+
+def test_masked_forward_needs_mask_token() -> None:
+    enc = BeitV2Encoder(SIZES, (32, 16), use_mask_token=False)
+    assert enc.mask_token is None
+    with pytest.raises(RuntimeError, match="mask token"):
+        enc(torch.randn(1, 3, 32, 16), torch.ones(1, 8, dtype=torch.bool))
+
+
+def test_patch_size_must_match_vision_json(tiny_text_dir, tmp_path) -> None:  # noqa: F811
+    cfg = tiny_config(tiny_text_dir, tmp_path, "patch_size=16", resolution=(32, 16))
+    with pytest.raises(ConfigError, match="patch_size"):
+        build_vision_encoder(cfg, use_mask_token=False)
