@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from utils.distributed import all_gather_no_grad, all_gather_with_grad
+from utils.distributed import all_gather_no_grad, all_gather_with_grad, get_world_size
 
 
 def gather_for_contrast(image_feat: torch.Tensor, text_feat: torch.Tensor, pids: torch.Tensor,
@@ -87,8 +87,18 @@ def cosine_distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.T
 
 
 def masked_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over labelled tokens; 0 (still in the graph) when none is labelled."""
-    return F.cross_entropy(logits.float(), labels, reduction="sum") / max(labels.numel(), 1)
+    """Cross-entropy summed over labelled tokens, divided by the mean count per process.
+
+    Processes hold different numbers of masked tokens; dividing by the mean count (not
+    the local one) makes the DDP-averaged loss and gradient equal the token mean over the
+    global batch, whatever the number of processes. 0 (still in the graph) when nothing
+    is labelled.
+    """
+    count = torch.tensor(float(labels.numel()), device=logits.device)
+    if get_world_size() > 1:
+        torch.distributed.all_reduce(count)
+        count = count / get_world_size()
+    return F.cross_entropy(logits.float(), labels, reduction="sum") / count.clamp(min=1.0)
 
 
 __all__ = ["itc_loss", "sdm_loss", "sample_negatives", "cosine_distill_loss", "masked_token_ce",
