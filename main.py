@@ -70,8 +70,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    from utils.distributed import cleanup_and_exit
+def one_line(e: BaseException) -> str:
+    """The error's own message, also when a DataLoader worker re-raised it with its traceback."""
+    text = str(e).strip()
+    if "Original Traceback" in text:  # "Caught X in DataLoader worker ...\nOriginal Traceback ...\nmod.X: msg"
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run and map failures to exit codes; input errors become one ``error:`` line."""
     from utils.errors import InputError, TrainingError
 
     args = parse_args(argv)
@@ -79,10 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = run(args)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         code = 2
     except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -90,8 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception:  # noqa: BLE001 - report, then shut the process group down cleanly
         traceback.print_exc()
         code = 1
-    cleanup_and_exit(code)
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    from utils.distributed import cleanup_and_exit
+
+    cleanup_and_exit(main())

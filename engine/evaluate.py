@@ -4,6 +4,13 @@ Under torchrun the gallery and the queries are split across processes: each proc
 encodes only its share of the gallery (the shares are then gathered, since every query
 may need every image) and ranks only its share of the queries; per-query statistics
 are gathered at the end, so the result equals a single-process run.
+
+Memory stays bounded for large galleries: similarities exist for ``chunk`` queries at a
+time, and re-ranking (engine/rerank.py) caches image keys/values within a byte budget.
+Three passes over the local queries: (1) encode them, keep their global features and
+top-k candidates; (2) re-rank all (query, candidate) pairs; (3) rebuild each chunk's
+similarity order, apply the re-ranking, compute statistics. Pass 3 recomputes the
+similarities of pass 1 (same inputs, same result) rather than keeping a Q x G order.
 """
 from __future__ import annotations
 
@@ -12,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from engine.amp import autocast_for
-from engine.rerank import rerank_topk
+from engine.amp import amp_dtype, autocast_for
+from engine.rerank import rerank_fast
 from utils.distributed import all_gather_no_grad, get_rank, get_world_size
 from utils.metrics import concat_stats, per_query_stats, summarize
 
@@ -35,18 +42,23 @@ def shard(n: int, rank: int, world: int) -> range:
 
 @torch.no_grad()
 def encode_gallery(model, data, batch_size: int, num_workers: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image embeddings [G, 1+N, D] and global features [G, E] of the whole gallery."""
+    """Image embeddings [G, 1+N, D] and global features [G, E] of the whole gallery.
+
+    Embeddings are kept in the autocast dtype on CUDA (half the memory; the fusion
+    encoder casts them to it anyway), in fp32 otherwise.
+    """
     if len(data.gallery) < get_world_size():
         raise ValueError(f"gallery of {len(data.gallery)} images is smaller than the {get_world_size()} processes")
     idx = shard(len(data.gallery), get_rank(), get_world_size())
     loader = DataLoader(Subset(data.gallery, list(idx)), batch_size=batch_size, num_workers=num_workers,
                         shuffle=False, pin_memory=device.type == "cuda")
+    store = amp_dtype(device) or torch.float32
     embeds, feats = [], []
     for images, _ in loader:
         with autocast_for(device):
             e = model.encode_image(images.to(device, non_blocking=True))
             f = model.image_feature(e)
-        embeds.append(e.float())
+        embeds.append(e.to(store))
         feats.append(f.float())
     return all_gather_no_grad(torch.cat(embeds)), all_gather_no_grad(torch.cat(feats))
 
@@ -69,6 +81,14 @@ def encode_queries(model, ids: torch.Tensor, mask: torch.Tensor, target: bool, b
     return embeds, torch.cat(feats)
 
 
+def pad_batches(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate (embeddings [b, L_i, D], mask [b, L_i]) batches, zero-padding to the longest L_i."""
+    length = max(e.shape[1] for e, _ in batches)
+    embeds = torch.cat([torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[1])) for e, _ in batches])
+    mask = torch.cat([torch.nn.functional.pad(m, (0, length - m.shape[1])) for _, m in batches])
+    return embeds, mask
+
+
 def similarity_order(sim: torch.Tensor) -> torch.Tensor:
     """Gallery indices by descending similarity; stable, so ties keep gallery order."""
     return torch.sort(sim, dim=1, descending=True, stable=True).indices
@@ -86,8 +106,14 @@ def apply_rerank(order: torch.Tensor, k: int, itm_scores: torch.Tensor) -> torch
 
 @torch.no_grad()
 def evaluate(model, data, *, target: bool, k_test: int, batch_size: int, num_workers: int = 0,
-             device: torch.device = torch.device("cpu"), rerank: bool = True, chunk: int = 256) -> EvalResult:
-    """Rank-1/5/10, mAP and mINP of one language's queries against the gallery."""
+             device: torch.device = torch.device("cpu"), rerank: bool = True, chunk: int = 256,
+             kv_budget: int | None = None) -> EvalResult:
+    """Rank-1/5/10, mAP and mINP of one language's queries against the gallery.
+
+    ``chunk`` queries share one similarity block; ``batch_size`` is the encoder batch and
+    the number of (caption, image) pairs per re-ranking batch; ``kv_budget`` bounds the
+    re-ranker's cached image keys/values in bytes (default: ``engine.rerank.default_kv_budget``).
+    """
     model.eval()
     g_embeds, g_feats = encode_gallery(model, data, batch_size, num_workers, device)
     g_pids = data.gallery_pids.to(device)
@@ -95,13 +121,25 @@ def evaluate(model, data, *, target: bool, k_test: int, batch_size: int, num_wor
     q_ids, q_mask = data.query_ids[q_idx.start:q_idx.stop], data.query_mask[q_idx.start:q_idx.stop]
     q_pids = data.query_pids[q_idx.start:q_idx.stop].to(device)
     k = min(k_test, g_feats.shape[0])
+    starts = range(0, len(q_ids), chunk)
+
+    def text(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return pad_batches(encode_queries(model, q_ids[start:stop], q_mask[start:stop], target, batch_size, device)[0])
+
+    feats = [encode_queries(model, q_ids[s:s + chunk], q_mask[s:s + chunk], target, batch_size, device)[1]
+             for s in starts]
+    q_feats = torch.cat(feats) if feats else g_feats.new_zeros(0, g_feats.shape[1])
+    scores = None
+    if rerank and k > 0:
+        topk = [similarity_order(q_feats[s:s + chunk] @ g_feats.t())[:, :k] for s in starts]
+        topk = torch.cat(topk) if topk else torch.zeros(0, k, dtype=torch.long, device=device)
+        scores = rerank_fast(model, text, topk, g_embeds, chunk=chunk, batch_size=batch_size, device=device,
+                             kv_budget=kv_budget)
     parts = []
-    for s in range(0, len(q_ids), chunk):
-        t_embeds, t_feats = encode_queries(model, q_ids[s:s + chunk], q_mask[s:s + chunk], target, batch_size, device)
-        order = similarity_order(t_feats @ g_feats.t())
-        if rerank and k > 0:
-            scores = rerank_topk(model, t_embeds, order[:, :k], g_embeds, batch_size, device)
-            order = apply_rerank(order, k, scores)
+    for s in starts:
+        order = similarity_order(q_feats[s:s + chunk] @ g_feats.t())
+        if scores is not None:
+            order = apply_rerank(order, k, scores[s:s + chunk])
         st = per_query_stats(g_pids[order] == q_pids[s:s + chunk, None])
         st["top"] = order[:, :TOP_KEEP]
         parts.append({key: v.cpu() for key, v in st.items()})

@@ -1,30 +1,160 @@
-"""Top-k re-ranking with the fusion encoder and the ITM head."""
+"""Top-k re-ranking with the fusion encoder and the ITM head.
+
+Two implementations with the same scores:
+
+* :func:`rerank_reference`: the straightforward (upstream) way. Each query's caption is
+  repeated for its k candidates and run through the whole fusion encoder, so every
+  candidate image's cross-attention keys/values are recomputed for every query, and the
+  caption keeps whatever padding it was given. Kept as the reference for tests and
+  benchmarks/rerank.py.
+* :func:`rerank_fast`: what evaluation uses. Keys/values depend only on the image, so
+  they are computed once per gallery image and fusion layer and gathered per pair; pairs
+  are batched across queries sorted by caption length and trimmed to the longest caption
+  of the batch; the first layer's self-attention runs once per caption and the last layer
+  only for token 0 (``BiIRRA.itm_score_pairs``); bf16 autocast on CUDA.
+
+Memory: the cached keys/values take ``layers * 2 * (1 + N) * D * bytes`` per image
+(:func:`kv_bytes_per_image`). The images needed (the union of all candidates) are cached
+in blocks that fit ``kv_budget`` bytes; with more than one block, the captions are encoded
+again per block (about 1% of the re-ranking work per extra block at full size) instead of
+recomputing image keys/values, so every image's keys/values are computed exactly once.
+"""
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from engine.amp import autocast_for
+from engine.amp import amp_dtype, autocast_for
+from model.fusion import KV
+
+KV_BUDGET_CAP = 16 * 2**30  # bytes; default cap on the cached image keys/values
+
+TextSource = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
+"""``text(start, stop)`` -> (embeddings [n, L, D], mask [n, L]) of queries start..stop-1."""
 
 
 @torch.no_grad()
-def rerank_topk(model, text_batches: list[tuple[torch.Tensor, torch.Tensor]], topk: torch.Tensor,
-                gallery_embeds: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """ITM scores [Q, k] of each query against its k candidate images.
+def rerank_reference(model, text_embeds: torch.Tensor, text_mask: torch.Tensor, topk: torch.Tensor,
+                     gallery_embeds: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """ITM scores [Q, k]: per query, its caption against its k candidates in slices of ``batch_size``.
 
-    ``text_batches`` holds (embeddings, mask) of consecutive query batches; ``topk[q]``
-    are gallery indices into ``gallery_embeds``. Each query's caption is paired with its
-    candidates in slices of ``batch_size`` pairs.
+    ``text_embeds`` [Q, L, D] and ``text_mask`` [Q, L] are used as given (upstream pads
+    to ``text_length``); ``topk[q]`` indexes ``gallery_embeds`` [G, 1 + N, D].
     """
     scores = torch.empty(topk.shape, device=device)
-    q = 0
-    for embeds, mask in text_batches:
-        for e, m in zip(embeds, mask):
-            cand = topk[q]
-            for s in range(0, len(cand), batch_size):
-                idx = cand[s:s + batch_size]
-                n = len(idx)
-                with autocast_for(device):
-                    out = model.itm_score(e.expand(n, -1, -1), m.expand(n, -1), gallery_embeds[idx])
-                scores[q, s:s + n] = out.float()
-            q += 1
+    for q in range(topk.shape[0]):
+        e, m = text_embeds[q].to(device), text_mask[q].to(device)
+        for s in range(0, topk.shape[1], batch_size):
+            idx = topk[q, s:s + batch_size]
+            n = len(idx)
+            with autocast_for(device):
+                out = model.itm_score(e.expand(n, -1, -1), m.expand(n, -1), gallery_embeds[idx.to(gallery_embeds.device)].to(device))
+            scores[q, s:s + n] = out.float()
     return scores
+
+
+def kv_dtype(device: torch.device, embeds_dtype: torch.dtype) -> torch.dtype:
+    """Dtype of the cached keys/values: the autocast dtype on CUDA, else the embeddings' dtype."""
+    return amp_dtype(device) or embeds_dtype
+
+
+def kv_bytes_per_image(model, tokens: int, dtype: torch.dtype) -> int:
+    """Bytes of one image's cached keys/values: layers * 2 (k and v) * tokens * D * element size."""
+    hidden = model.text_encoder.config.hidden_size
+    return len(model.cross_encoder.layer) * 2 * tokens * hidden * torch.finfo(dtype).bits // 8
+
+
+def default_kv_budget(device: torch.device) -> int:
+    """Half of the memory free now on ``device``, at most ``KV_BUDGET_CAP`` (16 GiB)."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = KV_BUDGET_CAP * 2
+        meminfo = Path("/proc/meminfo")
+        if meminfo.exists():
+            for line in meminfo.read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+    return min(KV_BUDGET_CAP, free // 2)
+
+
+@torch.no_grad()
+def image_kv_block(model, gallery_embeds: torch.Tensor, ids: torch.Tensor, batch_size: int,
+                   device: torch.device) -> list[KV]:
+    """Cross-attention keys/values [n, heads, 1 + N, head_dim] per fusion layer of images ``ids``.
+
+    Written into preallocated tensors so the block's peak memory is the block itself.
+    """
+    store: list[KV] = []
+    for s in range(0, len(ids), batch_size):
+        idx = ids[s:s + batch_size]
+        with autocast_for(device):
+            kv = model.image_kv(gallery_embeds[idx.to(gallery_embeds.device)].to(device))
+        if not store:
+            store = [(k.new_empty((len(ids), *k.shape[1:])), v.new_empty((len(ids), *v.shape[1:]))) for k, v in kv]
+        for (k_all, v_all), (k, v) in zip(store, kv):
+            k_all[s:s + len(idx)] = k
+            v_all[s:s + len(idx)] = v
+    return store
+
+
+@torch.no_grad()
+def score_pairs(model, embeds: torch.Tensor, mask: torch.Tensor, pair_query: torch.Tensor, pair_row: torch.Tensor,
+                kv: list[KV], batch_size: int, device: torch.device) -> torch.Tensor:
+    """ITM scores [P] of pairs (caption ``pair_query[p]`` of ``embeds``, cached image ``pair_row[p]`` of ``kv``).
+
+    Pairs are sorted by caption length (then caption) so a batch of ``batch_size`` pairs
+    needs little padding and each caption's pairs stay together.
+    """
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths[pair_query] * embeds.shape[0] + pair_query, stable=True)
+    out = torch.empty(len(pair_query), device=device)
+    for s in range(0, len(order), batch_size):
+        sel = order[s:s + batch_size]
+        texts, pair_text = torch.unique_consecutive(pair_query[sel], return_inverse=True)
+        length = int(lengths[texts].max())
+        with autocast_for(device):
+            scores = model.itm_score_pairs(embeds[texts, :length], mask[texts, :length], pair_text, kv, pair_row[sel])
+        out[sel] = scores.float()
+    return out
+
+
+@torch.no_grad()
+def rerank_fast(model, text: TextSource, topk: torch.Tensor, gallery_embeds: torch.Tensor, *, chunk: int,
+                batch_size: int, device: torch.device, kv_budget: int | None = None) -> torch.Tensor:
+    """ITM scores [Q, k] of each query against its candidates ``topk[q]`` (gallery indices).
+
+    Equal to :func:`rerank_reference` up to float rounding. ``text`` delivers the captions
+    in chunks of ``chunk`` queries; ``batch_size`` is the number of (caption, image) pairs
+    per fusion batch; ``kv_budget`` bounds the cached keys/values in bytes (default
+    :func:`default_kv_budget`).
+    """
+    topk = topk.to(device)
+    scores = torch.empty(topk.shape, device=device)
+    if topk.numel() == 0:
+        return scores
+    needed = torch.unique(topk)
+    per_image = kv_bytes_per_image(model, gallery_embeds.shape[1], kv_dtype(device, gallery_embeds.dtype))
+    budget = default_kv_budget(device) if kv_budget is None else kv_budget
+    block = max(1, budget // per_image)
+    row = torch.full((gallery_embeds.shape[0],), -1, dtype=torch.long, device=device)
+    for ids in needed.split(block):
+        kv = image_kv_block(model, gallery_embeds, ids, batch_size, device)
+        row[ids] = torch.arange(len(ids), device=device)
+        for s in range(0, topk.shape[0], chunk):
+            rows = row[topk[s:s + chunk]]
+            pair_query, pair_col = (rows >= 0).nonzero(as_tuple=True)
+            if len(pair_query) == 0:
+                continue
+            embeds, mask = text(s, min(s + chunk, topk.shape[0]))
+            scores[s + pair_query, pair_col] = score_pairs(model, embeds.to(device), mask.to(device), pair_query,
+                                                           rows[pair_query, pair_col], kv, batch_size, device)
+        row[ids] = -1
+        del kv
+    return scores
+
+
+__all__ = ["KV_BUDGET_CAP", "TextSource", "default_kv_budget", "image_kv_block", "kv_bytes_per_image", "kv_dtype",
+           "rerank_fast", "rerank_reference", "score_pairs"]

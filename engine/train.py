@@ -131,8 +131,6 @@ class Trainer:
 
     def train(self, resume: str | None = None) -> dict[str, dict[str, float]]:
         cfg, dev = self.cfg, self.device
-        if self.dist.is_main:
-            save_config(cfg, self.out / "config.yaml")
         self.setup_model(for_training=True)
         model: nn.Module = self.model
         ddp = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None) if self.dist.distributed else model
@@ -154,6 +152,8 @@ class Trainer:
             info(f"resumed from {resume}: epoch {start_epoch}, step {step}")
         split = selection_split(cfg)
         sets = self.eval_sets(split)
+        if self.dist.is_main:  # only now that every input has loaded, so a bad input leaves nothing behind
+            save_config(cfg, self.out / "config.yaml")
         skipped = 0
         for epoch in range(start_epoch, cfg.schedule.epoch):
             self.loader.batch_sampler.set_epoch(epoch)

@@ -11,22 +11,37 @@ import os
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, XLMRobertaConfig, XLMRobertaModel
 
+from utils.checkpoint import CheckpointError, load_safe
+from utils.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model")
+
+
 def build_tokenizer(folder: str) -> PreTrainedTokenizerBase:
     """The tokenizer stored in ``folder`` (never downloads)."""
-    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
+        raise ConfigError(f"text_encoder: no tokenizer in {folder} (expected {' or '.join(TOKENIZER_FILES)})")
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"text_encoder: cannot load the tokenizer in {folder}: {first}") from None
 
 
 def load_text_config(folder: str) -> XLMRobertaConfig:
     """``{folder}/config.json``; ``layer_norm_eps`` etc. come from the file (xlm-roberta-base: 1e-5)."""
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"text encoder config not found: {path}")
-    config = XLMRobertaConfig.from_json_file(path)
+        raise ConfigError(f"text_encoder: config not found: {path}")
+    try:
+        config = XLMRobertaConfig.from_json_file(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"text_encoder: invalid config {path}: {str(e).splitlines()[0]}") from None
     config._attn_implementation = "sdpa"
     return config
 
@@ -40,7 +55,7 @@ def _read_weights(folder: str) -> dict[str, torch.Tensor] | None:
             from safetensors.torch import load_file
 
             return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_safe(path)
     return None
 
 
@@ -72,7 +87,7 @@ def build_text_encoder(folder: str, num_layers: int) -> TextEncoder:
             key = key.removeprefix("roberta.")
             if key in own:
                 if own[key].shape != value.shape:
-                    raise ValueError(f"{folder}: weight '{key}' has shape {tuple(value.shape)}, "
+                    raise CheckpointError(f"{folder}: weight '{key}' has shape {tuple(value.shape)}, "
                                      f"expected {tuple(own[key].shape)}")
                 picked[key] = value
         missing = sorted(set(own) - set(picked))

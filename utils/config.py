@@ -412,7 +412,7 @@ def check_paths(cfg: Config, need_train: bool = True) -> None:
         missing("text_encoder", cfg.text_encoder, "text encoder folder")
     if not os.path.isfile(os.path.join(cfg.text_encoder, "config.json")):
         missing("text_encoder", os.path.join(cfg.text_encoder, "config.json"), "file")
-    tok_files = ("tokenizer.json", "sentencepiece.bpe.model")
+    tok_files = ("tokenizer.json", "sentencepiece.bpe.model")  # as model.text.TOKENIZER_FILES
     if not any(os.path.isfile(os.path.join(cfg.text_encoder, t)) for t in tok_files):
         raise ConfigError(f"{cfg.source}: key 'text_encoder': no tokenizer in {cfg.text_encoder} "
                           f"(expected {' or '.join(tok_files)})")

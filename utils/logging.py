@@ -26,13 +26,12 @@ class JsonlLog:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.enabled = is_main_process()
-        if self.enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, kind: str, **fields: Any) -> None:
         if not self.enabled:
             return
         record = {"kind": kind, "time": round(time.time(), 3), **fields}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
