@@ -1,0 +1,77 @@
+"""Crash safety, numerical faults and distributed faults."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+import main as cli
+from model.bi_irra import BiIRRA
+from tests.engine_fixtures import ROOT, env, tiny_config, tiny_data  # noqa: F401
+from utils.checkpoint import load_safe, save_atomic
+
+
+def test_kill_during_checkpoint_write_keeps_previous_loadable(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    save_atomic({"version": 0, "weights": torch.zeros(4_000_000)}, path)
+    for delay in (0.05, 0.2, 0.45):
+        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "dist_scripts" / "save_loop.py"), str(path)],
+                                env=env(), stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # at least one full write happened
+        time.sleep(delay)  # then die at an arbitrary point, most likely inside a write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ckpt = load_safe(path)
+        assert torch.equal(ckpt["weights"], torch.full((4_000_000,), float(ckpt["version"])))
+
+
+def nan_on_call(n: int):
+    original = BiIRRA.forward
+    calls = {"n": 0}
+
+    def forward(self, batch):
+        losses = original(self, batch)
+        calls["n"] += 1
+        if calls["n"] == n:
+            losses["mlm"] = losses["mlm"] * float("nan")
+        return losses
+    return forward
+
+
+def test_nonfinite_loss_stops_the_run_without_writing_weights(tiny_data, tmp_path, monkeypatch, capsys):
+    cfg = tiny_config(tiny_data, tmp_path / "out", schedule={"epoch": 1})
+    monkeypatch.setattr(BiIRRA, "forward", nan_on_call(2))
+    rc = cli.main(["--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "error: non-finite loss 'mlm' at epoch 1, step 1" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "checkpoint_last.pth").exists()
+
+
+def test_nonfinite_loss_is_skipped_and_counted_when_asked(tiny_data, tmp_path, monkeypatch, capsys):
+    cfg = tiny_config(tiny_data, tmp_path / "out", schedule={"epoch": 1, "skip_nonfinite": True})
+    monkeypatch.setattr(BiIRRA, "forward", nan_on_call(2))
+    rc = cli.main(["--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert rc == 0, err[-2000:]
+    assert "skipped 1 step(s) with a non-finite loss" in err
+    state = torch.load(tmp_path / "out" / "checkpoint_last.pth", weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    skips = [json.loads(x) for x in (tmp_path / "out" / "log.jsonl").read_text().splitlines() if '"skip"' in x]
+    assert len(skips) == 1 and skips[0]["term"] == "mlm"
+
+
+def test_dead_worker_ends_the_whole_job_quickly():
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "dist_scripts" / "worker_dies.py")]
+    start = time.time()
+    r = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
+    elapsed = time.time() - start
+    assert r.returncode != 0
+    assert "rank 0 ready" in r.stdout and "rank 1 ready" in r.stdout
+    assert elapsed < 60, elapsed
