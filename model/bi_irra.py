@@ -104,6 +104,17 @@ class BiIRRA(nn.Module):
         logits = self.itm_logits(text_embeds, text_mask, image_embeds, image_kv)
         return logits[:, 1] - logits[:, 0]
 
+    def itm_score_pairs(self, text_embeds: torch.Tensor, text_mask: torch.Tensor, pair_text: torch.Tensor,
+                        image_kv: list[KV], pair_image: torch.Tensor) -> torch.Tensor:
+        """``itm_score`` [P] of text ``pair_text[p]`` with cached image ``pair_image[p]``.
+
+        For re-ranking: many captions ([U, L, D]) each against many images whose
+        ``image_kv`` was computed once; see ``FusionEncoder.first_token_pairs``.
+        """
+        logits = self.itm_head(self.cross_encoder.first_token_pairs(text_embeds, text_mask, pair_text,
+                                                                    image_kv, pair_image))
+        return logits[:, 1] - logits[:, 0]
+
     @torch.no_grad()
     def mim_teacher(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """D-MIM target: unmasked image tokens as queries over the source caption, no gradient."""

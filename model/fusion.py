@@ -151,5 +151,31 @@ class FusionEncoder(nn.Module):
                 hidden = layer(hidden, self_mask, kv, cross_mask)
         return hidden
 
+    def first_token_pairs(self, hidden: torch.Tensor, mask: torch.Tensor, pair_text: torch.Tensor,
+                          cross_kv: list[KV], pair_context: torch.Tensor) -> torch.Tensor:
+        """Token 0 of the output [P, D] for P (text, context) pairs, without repeated work.
+
+        Pair p fuses text ``hidden[pair_text[p]]`` ([U, L, D], padding ``mask`` [U, L]) with
+        the context whose cached keys/values are row ``pair_context[p]`` of ``cross_kv``.
+        Equal to ``forward(hidden[pair_text], mask[pair_text], cross_kv=gathered)[:, 0]``,
+        but cheaper for re-ranking, where one caption meets many images: the first layer's
+        self-attention sees only the text, so it runs once per text; the last layer computes
+        only token 0, the only output the ITM head reads; each layer gathers its pairs'
+        keys/values just before use, so one layer's copy is alive at a time.
+        """
+        self_mask = None if bool(mask.all()) else padding_mask(mask)
+        last = len(self.layer) - 1
+        x = hidden
+        for i, layer in enumerate(self.layer):
+            queries = x[:, :1] if i == last else x
+            x = layer.attention(queries, layer.attention.self.kv(x), self_mask)
+            if i == 0:
+                x = x[pair_text]
+                self_mask = None if self_mask is None else self_mask[pair_text]
+            k, v = cross_kv[i]
+            x = layer.crossattention(x, (k[pair_context], v[pair_context]), None)
+            x = layer.output(layer.intermediate(x), x)
+        return x[:, 0]
+
 
 __all__ = ["FusionEncoder", "FusionLayer", "padding_mask"]

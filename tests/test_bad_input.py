@@ -227,3 +227,15 @@ def test_text_encoder_invalid_config(case, capsys):
     (data / "text_encoder" / "config.json").write_text("{broken")
     msg = expect_error(capsys, out, "--config", str(cfg), needle="text_encoder")
     assert str(data / "text_encoder" / "config.json") in msg
+
+
+def test_resume_training_from_weights_only_checkpoint(case, capsys, tmp_path):
+    from engine.train import CHECKPOINT_FORMAT
+    from model import build_model
+    from utils.config import load_config
+
+    _, cfg, out = case
+    model, _ = build_model(load_config(cfg))
+    weights = tmp_path / "best_en.pth"
+    torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict()}, weights)
+    expect_error(capsys, out, "--config", str(cfg), "--resume", str(weights), needle="holds weights only")
