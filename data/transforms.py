@@ -30,8 +30,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
 class TwoDistinctOps:
     """Apply two different operations drawn (with torch's RNG) from the six of SPEC §6.
 
-    A drawn operation always acts (flip and grayscale with probability 1), so every
-    training image gets exactly two changes. Erasing works on the normalised tensor
+    Jitter, rotation, crop and erasing always act; flip and grayscale keep torchvision's
+    default probabilities (0.5 and 0.1) as in the published pool of *random* operations:
+    always-grey images would contradict the colour words of a third of the captions.
+    Erasing works on the normalised tensor
     (erased area = mean colour), the others on the PIL image; drawing with torch's RNG
     lets the dataset make the whole transform reproducible from a per-sample seed.
     """
@@ -41,8 +43,8 @@ class TwoDistinctOps:
             0: T.ColorJitter(0.1, 0.1, 0.1),
             1: T.RandomRotation(15, interpolation=InterpolationMode.BILINEAR),
             2: T.RandomResizedCrop((height, width), scale=(0.9, 1.0), interpolation=InterpolationMode.BICUBIC),
-            3: T.RandomGrayscale(p=1.0),
-            4: T.RandomHorizontalFlip(p=1.0),
+            3: T.RandomGrayscale(p=0.1),
+            4: T.RandomHorizontalFlip(p=0.5),
         }
         self.erase = T.RandomErasing(p=1.0, scale=(0.1, 0.2), value=0)
         self.finish = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
