@@ -80,11 +80,14 @@ def write_text_encoder(captions: list[str], out: Path, hidden_size: int = 192) -
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
+    from data.text import clean_caption
+
+    captions = [clean_caption(c) for c in captions]  # the pipeline tokenizes cleaned (lower-case) text
     out.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()  # written from memory: a model_prefix would embed the output path in the file
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(captions), model_writer=model, model_type="unigram",
-        vocab_size=2000, hard_vocab_limit=False, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        sentence_iterator=iter(captions), model_writer=model, model_type="bpe",
+        vocab_size=4000, hard_vocab_limit=False, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
         num_threads=1, minloglevel=2)
     (out / "sentencepiece.bpe.model").write_bytes(model.getvalue())
     max_tokens = 128
