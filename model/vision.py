@@ -18,7 +18,6 @@ from timm.models.beit import Beit
 
 from utils.config import Config, ConfigError
 
-LAYER_SCALE_INIT = 1e-5  # timm's beitv2_base value; pretrained checkpoints overwrite it
 
 
 class BlockMaskGenerator:
@@ -101,7 +100,7 @@ class BeitV2Encoder(Beit):
             img_size=img_size, patch_size=sizes["patch_size"], num_classes=0, global_pool="avg",
             embed_dim=sizes["vision_width"], depth=sizes["depth"], num_heads=sizes["num_heads"],
             mlp_ratio=sizes["mlp_ratio"], drop_path_rate=sizes["drop_path_rate"], qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6), init_values=LAYER_SCALE_INIT,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6), init_values=sizes["layer_scale_init"],
             use_abs_pos_emb=False, use_rel_pos_bias=True, use_fc_norm=True,
         )
         self.mask_token: nn.Parameter | None = None

@@ -158,7 +158,7 @@ class Config:
 
 
 VISION_JSON_KEYS = {"vision_width": int, "patch_size": int, "depth": int, "num_heads": int,
-                    "mlp_ratio": float, "drop_path_rate": float, "ckpt": str, "image_res": int}
+                    "mlp_ratio": float, "drop_path_rate": float, "layer_scale_init": float, "ckpt": str, "image_res": int}
 
 
 def load_vision_json(path: str) -> dict[str, Any]:
@@ -172,8 +172,10 @@ def load_vision_json(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid JSON: {e.msg} (line {e.lineno})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object")
+    # layer_scale_init: timm's beitv2_base value; pretrained checkpoints overwrite it, and a
+    # larger value (0.1, BEiT-v2's pre-training value) lets a model trained from scratch use its blocks early
     out: dict[str, Any] = {"vision_width": 768, "patch_size": 16, "depth": 12, "num_heads": 12,
-                           "mlp_ratio": 4.0, "drop_path_rate": 0.1}
+                           "mlp_ratio": 4.0, "drop_path_rate": 0.1, "layer_scale_init": 1e-5}
     for key, value in raw.items():
         if key not in VISION_JSON_KEYS:
             raise ConfigError(f"{path}: unknown key '{key}'{_suggest(key, VISION_JSON_KEYS)}")
