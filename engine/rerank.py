@@ -21,7 +21,7 @@ recomputing image keys/values, so every image's keys/values are computed exactly
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -49,8 +49,9 @@ def rerank_reference(model, text_embeds: torch.Tensor, text_mask: torch.Tensor, 
         for s in range(0, topk.shape[1], batch_size):
             idx = topk[q, s:s + batch_size]
             n = len(idx)
+            images = gallery_embeds[idx.to(gallery_embeds.device)].to(device)
             with autocast_for(device):
-                out = model.itm_score(e.expand(n, -1, -1), m.expand(n, -1), gallery_embeds[idx.to(gallery_embeds.device)].to(device))
+                out = model.itm_score(e.expand(n, -1, -1), m.expand(n, -1), images)
             scores[q, s:s + n] = out.float()
     return scores
 
@@ -85,8 +86,11 @@ def image_kv_block(model, gallery_embeds: torch.Tensor, ids: torch.Tensor, batch
                    device: torch.device) -> list[KV]:
     """Cross-attention keys/values [n, heads, 1 + N, head_dim] per fusion layer of images ``ids``.
 
-    Written into preallocated tensors so the block's peak memory is the block itself.
+    Written into preallocated tensors so the block's peak memory is the block itself; on
+    the CPU, batches are capped so that each projection's output stays small (:func:`cpu_rows`).
     """
+    if device.type != "cuda":
+        batch_size = max(1, min(batch_size, cpu_rows(gallery_embeds.shape[2]) // gallery_embeds.shape[1]))
     store: list[KV] = []
     for s in range(0, len(ids), batch_size):
         idx = ids[s:s + batch_size]
@@ -100,25 +104,116 @@ def image_kv_block(model, gallery_embeds: torch.Tensor, ids: torch.Tensor, batch
     return store
 
 
+class PairKV:
+    """Per-layer keys/values of a batch's images, gathered from the cache just before use.
+
+    On the CPU the gathered copy goes into two buffers reused by every layer and batch:
+    a fresh allocation of that size (tens of MB) is a new memory mapping whose page faults
+    cost several times the copy itself. On CUDA the caching allocator makes indexing cheap.
+    """
+
+    def __init__(self, kv: list[KV], batch_size: int) -> None:
+        self.kv = kv
+        k = kv[0][0]
+        self.buffers = None if k.is_cuda else (k.new_empty((batch_size, *k.shape[1:])),
+                                               k.new_empty((batch_size, *k.shape[1:])))
+        self.rows = torch.zeros(0, dtype=torch.long, device=k.device)
+
+    def select(self, rows: torch.Tensor) -> PairKV:
+        """Use cache rows ``rows`` (one per pair) from now on."""
+        self.rows = rows
+        return self
+
+    def __call__(self, layer: int) -> KV:
+        k, v = self.kv[layer]
+        if self.buffers is None:
+            return k[self.rows], v[self.rows]
+        n = len(self.rows)
+        out_k, out_v = self.buffers[0][:n], self.buffers[1][:n]
+        return torch.index_select(k, 0, self.rows, out=out_k), torch.index_select(v, 0, self.rows, out=out_v)
+
+
+def pair_batches(lengths: list[int], batch_size: int, max_tokens: int | None) -> list[tuple[int, int]]:
+    """[start, stop) ranges over pairs sorted by ascending caption length: at most ``batch_size``
+    pairs and, when ``max_tokens`` is set, at most ``max_tokens`` padded caption tokens each."""
+    ranges, s, n = [], 0, len(lengths)
+    while s < n:
+        e = min(s + batch_size, n)
+        if max_tokens is not None:
+            while e - s > 1 and (e - s) * lengths[e - 1] > max_tokens:
+                e = max(s + 1, min(e - 1, s + max_tokens // lengths[e - 1]))
+        ranges.append((s, e))
+        s = e
+    return ranges
+
+
+def cpu_rows(width: int) -> int:
+    """Rows of a [rows, width] fp32 activation that stay under 24 MiB. On the CPU, glibc
+    serves blocks above 32 MiB with fresh memory mappings whose page faults cost more than
+    the arithmetic on them; smaller blocks are reused."""
+    return max(1, 24 * 2**20 // (4 * width))
+
+
+def cpu_max_tokens(model) -> int:
+    """Caption tokens per CPU batch: the feed-forward intermediate, the largest activation, stays small."""
+    return cpu_rows(model.text_encoder.config.intermediate_size)
+
+
 @torch.no_grad()
 def score_pairs(model, embeds: torch.Tensor, mask: torch.Tensor, pair_query: torch.Tensor, pair_row: torch.Tensor,
                 kv: list[KV], batch_size: int, device: torch.device) -> torch.Tensor:
     """ITM scores [P] of pairs (caption ``pair_query[p]`` of ``embeds``, cached image ``pair_row[p]`` of ``kv``).
 
-    Pairs are sorted by caption length (then caption) so a batch of ``batch_size`` pairs
-    needs little padding and each caption's pairs stay together.
+    Pairs are sorted by caption length (then caption) so a batch needs little padding and
+    each caption's pairs stay together; a batch holds up to ``batch_size`` pairs (on the
+    CPU also at most :func:`cpu_max_tokens` caption tokens).
     """
     lengths = mask.sum(1)
     order = torch.argsort(lengths[pair_query] * embeds.shape[0] + pair_query, stable=True)
+    pair_len = lengths[pair_query[order]].tolist()
+    max_tokens = None if device.type == "cuda" else cpu_max_tokens(model)
     out = torch.empty(len(pair_query), device=device)
-    for s in range(0, len(order), batch_size):
-        sel = order[s:s + batch_size]
+    pair_kv = PairKV(kv, min(batch_size, len(pair_query)))
+    for s, e in pair_batches(pair_len, batch_size, max_tokens):
+        sel = order[s:e]
         texts, pair_text = torch.unique_consecutive(pair_query[sel], return_inverse=True)
-        length = int(lengths[texts].max())
+        length = pair_len[e - 1]
         with autocast_for(device):
-            scores = model.itm_score_pairs(embeds[texts, :length], mask[texts, :length], pair_text, kv, pair_row[sel])
+            scores = model.itm_score_pairs(embeds[texts, :length], mask[texts, :length], pair_text,
+                                           pair_kv.select(pair_row[sel]))
         out[sel] = scores.float()
     return out
+
+
+def kv_blocks(model, gallery_embeds: torch.Tensor, topk: torch.Tensor, kv_budget: int | None, batch_size: int,
+              device: torch.device) -> Iterator[tuple[torch.Tensor, list[KV]]]:
+    """(gallery ids, their cached keys/values) for every image in ``topk``, in blocks of at
+    most ``kv_budget`` bytes (default :func:`default_kv_budget`). Drop each block before
+    asking for the next, so that only one is alive."""
+    per_image = kv_bytes_per_image(model, gallery_embeds.shape[1], kv_dtype(device, gallery_embeds.dtype))
+    budget = default_kv_budget(device) if kv_budget is None else kv_budget
+    for ids in torch.unique(topk).split(max(1, budget // per_image)):
+        yield ids, image_kv_block(model, gallery_embeds, ids, batch_size, device)
+
+
+@torch.no_grad()
+def score_block(model, text: TextSource, topk: torch.Tensor, ids: torch.Tensor, kv: list[KV], out: torch.Tensor, *,
+                chunk: int, batch_size: int, device: torch.device) -> None:
+    """Write into ``out[q, j]`` the score of every candidate ``topk[q, j]`` among gallery ``ids`` (whose k/v is ``kv``).
+
+    Queries are taken ``chunk`` at a time; a chunk with no candidate in the block is not
+    encoded.
+    """
+    row = torch.full((int(max(topk.max(), ids.max())) + 1,), -1, dtype=torch.long, device=device)
+    row[ids] = torch.arange(len(ids), device=device)
+    for s in range(0, topk.shape[0], chunk):
+        rows = row[topk[s:s + chunk]]
+        pair_query, pair_col = (rows >= 0).nonzero(as_tuple=True)
+        if len(pair_query) == 0:
+            continue
+        embeds, mask = text(s, min(s + chunk, topk.shape[0]))
+        out[s + pair_query, pair_col] = score_pairs(model, embeds.to(device), mask.to(device), pair_query,
+                                                    rows[pair_query, pair_col], kv, batch_size, device)
 
 
 @torch.no_grad()
@@ -133,28 +228,13 @@ def rerank_fast(model, text: TextSource, topk: torch.Tensor, gallery_embeds: tor
     """
     topk = topk.to(device)
     scores = torch.empty(topk.shape, device=device)
-    if topk.numel() == 0:
-        return scores
-    needed = torch.unique(topk)
-    per_image = kv_bytes_per_image(model, gallery_embeds.shape[1], kv_dtype(device, gallery_embeds.dtype))
-    budget = default_kv_budget(device) if kv_budget is None else kv_budget
-    block = max(1, budget // per_image)
-    row = torch.full((gallery_embeds.shape[0],), -1, dtype=torch.long, device=device)
-    for ids in needed.split(block):
-        kv = image_kv_block(model, gallery_embeds, ids, batch_size, device)
-        row[ids] = torch.arange(len(ids), device=device)
-        for s in range(0, topk.shape[0], chunk):
-            rows = row[topk[s:s + chunk]]
-            pair_query, pair_col = (rows >= 0).nonzero(as_tuple=True)
-            if len(pair_query) == 0:
-                continue
-            embeds, mask = text(s, min(s + chunk, topk.shape[0]))
-            scores[s + pair_query, pair_col] = score_pairs(model, embeds.to(device), mask.to(device), pair_query,
-                                                           rows[pair_query, pair_col], kv, batch_size, device)
-        row[ids] = -1
-        del kv
+    if topk.numel():
+        for ids, kv in kv_blocks(model, gallery_embeds, topk, kv_budget, batch_size, device):
+            score_block(model, text, topk, ids, kv, scores, chunk=chunk, batch_size=batch_size, device=device)
+            del kv  # free this block before the next one is built
     return scores
 
 
-__all__ = ["KV_BUDGET_CAP", "TextSource", "default_kv_budget", "image_kv_block", "kv_bytes_per_image", "kv_dtype",
-           "rerank_fast", "rerank_reference", "score_pairs"]
+__all__ = ["KV_BUDGET_CAP", "PairKV", "TextSource", "cpu_max_tokens", "cpu_rows", "default_kv_budget", "image_kv_block",
+           "kv_blocks", "kv_bytes_per_image", "kv_dtype", "pair_batches", "rerank_fast", "rerank_reference",
+           "score_block", "score_pairs"]

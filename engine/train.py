@@ -24,7 +24,7 @@ from engine.amp import amp_dtype, autocast_for
 from engine.evaluate import EvalResult, evaluate
 from engine.optim import build_optimizer, build_scheduler
 from engine.report import write_reports
-from model import build_model, load_finetuned
+from model import build_model, build_tokenizer, load_finetuned
 from utils.checkpoint import CheckpointError, load_safe, save_atomic
 from utils.config import Config, save_config
 from utils.distributed import DistInfo, all_gather_object, all_reduce_mean, barrier, is_dist
@@ -94,15 +94,13 @@ class Trainer:
         self.num_ids = 0
 
     def setup_model(self, for_training: bool) -> None:
+        """Tokenizer, then (for training) the loader, whose identity count sizes the ID head, then the model."""
         cfg = self.cfg
+        tokenizer = build_tokenizer(cfg.text_encoder)
         if for_training:
-            self.model, self.tokenizer = build_model(cfg, num_ids=0)
-            self.loader = build_train_loader(cfg, self.tokenizer, self.dist.rank, self.dist.world_size)
+            self.loader = build_train_loader(cfg, tokenizer, self.dist.rank, self.dist.world_size)
             self.num_ids = self.loader.dataset.num_persons
-            if cfg.id.use_id:
-                self.model, self.tokenizer = build_model(cfg, num_ids=self.num_ids)
-        else:
-            self.model, self.tokenizer = build_model(cfg, num_ids=self.num_ids)
+        self.model, self.tokenizer = build_model(cfg, num_ids=self.num_ids)
         self.model.to(self.device)
 
     def eval_sets(self, split: str) -> dict[str, Any]:
@@ -204,6 +202,8 @@ class Trainer:
             metrics = {lang: r.metrics for lang, r in results.items()}
             self.log.write("eval", epoch=epoch + 1, step=step, split=split, metrics=metrics)
             info(f"epoch {epoch + 1} {split}:\n{format_table(metrics)}")
+            if self.dist.is_main:
+                write_reports(self.out, results, sets, split)
             improved = [lang for lang, m in metrics.items()
                         if lang not in best or (m["R1"], m["mAP"]) > (best[lang]["R1"], best[lang]["mAP"])]
             for lang in improved:

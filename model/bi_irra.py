@@ -1,6 +1,8 @@
 """Bi-IRRA: BEiT-v2 image encoder, XLM-R text encoder, fusion encoder and the SPEC §4 losses."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -105,14 +107,14 @@ class BiIRRA(nn.Module):
         return logits[:, 1] - logits[:, 0]
 
     def itm_score_pairs(self, text_embeds: torch.Tensor, text_mask: torch.Tensor, pair_text: torch.Tensor,
-                        image_kv: list[KV], pair_image: torch.Tensor) -> torch.Tensor:
-        """``itm_score`` [P] of text ``pair_text[p]`` with cached image ``pair_image[p]``.
+                        pair_image_kv: Callable[[int], KV]) -> torch.Tensor:
+        """``itm_score`` [P] of caption ``pair_text[p]`` of ``text_embeds`` [U, L, D] with an image
+        whose fusion-layer-i keys/values are ``pair_image_kv(i)``.
 
-        For re-ranking: many captions ([U, L, D]) each against many images whose
-        ``image_kv`` was computed once; see ``FusionEncoder.first_token_pairs``.
+        For re-ranking, where many captions meet many images whose keys/values were
+        computed once; see ``FusionEncoder.first_token_pairs``.
         """
-        logits = self.itm_head(self.cross_encoder.first_token_pairs(text_embeds, text_mask, pair_text,
-                                                                    image_kv, pair_image))
+        logits = self.itm_head(self.cross_encoder.first_token_pairs(text_embeds, text_mask, pair_text, pair_image_kv))
         return logits[:, 1] - logits[:, 0]
 
     @torch.no_grad()

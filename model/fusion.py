@@ -9,6 +9,8 @@ reused for many captions; the result is identical to passing the context itself.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
@@ -152,16 +154,17 @@ class FusionEncoder(nn.Module):
         return hidden
 
     def first_token_pairs(self, hidden: torch.Tensor, mask: torch.Tensor, pair_text: torch.Tensor,
-                          cross_kv: list[KV], pair_context: torch.Tensor) -> torch.Tensor:
+                          pair_kv: Callable[[int], KV]) -> torch.Tensor:
         """Token 0 of the output [P, D] for P (text, context) pairs, without repeated work.
 
         Pair p fuses text ``hidden[pair_text[p]]`` ([U, L, D], padding ``mask`` [U, L]) with
-        the context whose cached keys/values are row ``pair_context[p]`` of ``cross_kv``.
-        Equal to ``forward(hidden[pair_text], mask[pair_text], cross_kv=gathered)[:, 0]``,
-        but cheaper for re-ranking, where one caption meets many images: the first layer's
-        self-attention sees only the text, so it runs once per text; the last layer computes
-        only token 0, the only output the ITM head reads; each layer gathers its pairs'
-        keys/values just before use, so one layer's copy is alive at a time.
+        a context whose cross-attention keys/values for layer i are ``pair_kv(i)``
+        ([P, heads, Lk, head_dim] each; a callable so the caller chooses how to gather them
+        from a cache, and only one layer's copy is alive at a time). Equal to
+        ``forward(hidden[pair_text], mask[pair_text], cross_kv=[pair_kv(i) ...])[:, 0]``, but
+        cheaper for re-ranking, where one caption meets many images: the first layer's
+        self-attention sees only the text, so it runs once per text, and the last layer
+        computes only token 0, the only output the ITM head reads.
         """
         self_mask = None if bool(mask.all()) else padding_mask(mask)
         last = len(self.layer) - 1
@@ -172,8 +175,7 @@ class FusionEncoder(nn.Module):
             if i == 0:
                 x = x[pair_text]
                 self_mask = None if self_mask is None else self_mask[pair_text]
-            k, v = cross_kv[i]
-            x = layer.crossattention(x, (k[pair_context], v[pair_context]), None)
+            x = layer.crossattention(x, pair_kv(i), None)
             x = layer.output(layer.intermediate(x), x)
         return x[:, 0]
 

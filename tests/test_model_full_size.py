@@ -85,7 +85,7 @@ def test_structure_matches_published_architecture(full_model) -> None:
 
 
 def test_person_reid_resolution_grid() -> None:
-    sizes = {"vision_width": D, "patch_size": 16, "depth": 1, "num_heads": 12, "mlp_ratio": 4.0, "drop_path_rate": 0.1}
+    sizes = {"vision_width": D, "patch_size": 16, "depth": 1, "num_heads": 12, "mlp_ratio": 4.0, "drop_path_rate": 0.1, "layer_scale_init": 1e-5}
     enc = BeitV2Encoder(sizes, (384, 128), use_mask_token=False)
     assert enc.grid_size == (24, 8)
     assert enc.blocks[0].attn.relative_position_bias_table.shape == (47 * 15 + 3, 12)

@@ -11,7 +11,8 @@ from model.vision import BeitV2Encoder, BlockMaskGenerator, build_vision_encoder
 from tests.model_fixtures import tiny_config, tiny_text_dir  # noqa: F401 - fixture
 from utils.config import ConfigError
 
-SIZES = {"vision_width": 32, "patch_size": 8, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0, "drop_path_rate": 0.0}
+SIZES = {"vision_width": 32, "patch_size": 8, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0, "drop_path_rate": 0.0,
+         "layer_scale_init": 1e-5}
 
 
 def components(mask: np.ndarray) -> list[list[tuple[int, int]]]:

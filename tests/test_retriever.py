@@ -1,0 +1,114 @@
+"""engine.retriever: search a briefly trained tiny model's gallery; on-disk cache; languages; errors."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.retriever import Hit, RetrievalError, Retriever, list_images
+from tests.retrieval_fixtures import TrainedRun, one_thread, trained_run  # noqa: F401
+from utils.checkpoint import CheckpointError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def retriever(trained_run) -> Retriever:
+    return Retriever.from_checkpoint(trained_run.checkpoint)
+
+
+def train_gallery(run: TrainedRun, lang: str = "en") -> tuple[list[str], dict[str, int]]:
+    entries = run.train_entries(lang)
+    paths = [str(run.data / "imgs" / e["file_path"]) for e in entries]
+    return paths, dict(zip(paths, (e["id"] for e in entries)))
+
+
+def test_easy_caption_finds_its_person_in_the_top_5(trained_run, retriever):
+    paths, ids = train_gallery(trained_run)
+    assert retriever.index(paths) == len(paths) == 36
+    i, j = trained_run.easy_query()
+    entry = trained_run.train_entries("en")[i]
+    hits = retriever.search(entry["captions"][j], top_k=5)
+    assert len(hits) == 5 and all(isinstance(h, Hit) for h in hits)
+    assert entry["id"] in [ids[h.path] for h in hits], hits
+    found = [e["id"] in [ids[h.path] for h in retriever.search(c, top_k=5)]
+             for e in trained_run.train_entries("en") for c in e["captions"]]
+    assert sum(found) >= 0.9 * len(found)  # the model learnt, not one lucky caption (chance: about 36%)
+
+
+def test_scores_itm_for_the_reranked_top_k_and_cosine_below(trained_run, retriever):
+    paths, _ = train_gallery(trained_run)
+    retriever.index(paths)
+    caption = trained_run.train_entries("en")[0]["captions"][0]
+    k = retriever.cfg.model.k_test
+    plain = retriever.search(caption, top_k=len(paths), rerank=False)
+    scores = [h.score for h in plain]
+    assert scores == sorted(scores, reverse=True) and all(-1.0001 <= s <= 1.0001 for s in scores)
+    assert sorted(h.path for h in plain) == sorted(paths)
+    reranked = retriever.search(caption, top_k=len(paths))
+    assert {h.path for h in reranked[:k]} == {h.path for h in plain[:k]}  # re-ranking only reorders the top k
+    assert reranked[k:] == plain[k:]
+    itm = [h.score for h in reranked[:k]]
+    assert itm == sorted(itm, reverse=True)
+    assert retriever.search(caption, top_k=3) == reranked[:3]
+
+
+def test_target_language_uses_its_projection(retriever, monkeypatch):
+    retriever.index(list_images(Path(retriever.cfg.image_dir) / "test"))
+    seen = []
+    original = retriever.model.text_feature
+    monkeypatch.setattr(retriever.model, "text_feature",
+                        lambda embeds, target: seen.append(target) or original(embeds, target))
+    for lang in (None, "en", "ch", "fr", "de"):
+        query = "一个穿红色衬衫的男人" if lang == "ch" else "a man in a red shirt"
+        retriever.search(query, lang=lang, rerank=False)
+    assert retriever.cfg.data.target_language == "ch"
+    assert seen == [False, False, True, False, False]
+
+
+def test_gallery_cache_is_reused_until_an_image_or_the_checkpoint_changes(trained_run, tmp_path, monkeypatch):
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    for p in sorted((trained_run.data / "imgs" / "test").iterdir())[:4]:
+        (gallery / p.name).write_bytes(p.read_bytes())
+    cache = tmp_path / "cache"
+    first = Retriever.from_checkpoint(trained_run.checkpoint)
+    assert first.index(gallery, cache=cache) == 4
+    files = list(cache.iterdir())
+    assert len(files) == 1 and files[0].name.startswith("gallery-")
+    second = Retriever.from_checkpoint(trained_run.checkpoint)
+    monkeypatch.setattr(second, "_encode", lambda paths: pytest.fail("cache not used"))
+    second.index(gallery, cache=cache)
+    assert second.gallery.paths == first.gallery.paths
+    assert torch.equal(second.gallery.feats, first.gallery.feats)
+    assert second.search("a man", top_k=4) == first.search("a man", top_k=4)
+    monkeypatch.undo()
+    image = sorted(gallery.iterdir())[0]
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    second.index(gallery, cache=cache)
+    assert len(list(cache.iterdir())) == 2  # a new key: the edited file was encoded again
+
+
+def test_errors_are_input_errors(trained_run, tmp_path, retriever):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        Retriever.from_checkpoint(tmp_path / "missing.pth")
+    torch.save({"model": {}}, tmp_path / "foreign.pth")
+    with pytest.raises(CheckpointError, match="not a Bi-IRRA checkpoint"):
+        Retriever.from_checkpoint(tmp_path / "foreign.pth")
+    with pytest.raises(RetrievalError, match="gallery folder not found"):
+        retriever.index(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RetrievalError, match="no images"):
+        retriever.index(tmp_path / "empty")
+    with pytest.raises(RetrievalError, match="gallery image not found"):
+        retriever.index([str(tmp_path / "a.png")])
+    fresh = Retriever(retriever.model, retriever.tokenizer, retriever.cfg, retriever.device, retriever.stamp)
+    with pytest.raises(RetrievalError, match="call index"):
+        fresh.search("a man")
+    retriever.index(list_images(trained_run.data / "imgs" / "test"))
+    with pytest.raises(RetrievalError, match="empty after cleaning"):
+        retriever.search(" ,.!? ")
+    with pytest.raises(RetrievalError, match="unsupported query language"):
+        retriever.search("a man", lang="xx")

@@ -1,0 +1,109 @@
+"""python -m tools.search: ranked list, PNG grid with right/wrong frames, en and ch queries, one-line errors."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from engine import report
+from tests.retrieval_fixtures import ROOT, TrainedRun, one_thread, subprocess_env, trained_run  # noqa: F401
+from tools import search
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROW = re.compile(r"^\s*(\d+)\s+(-?\d+\.\d+)\s+(\S+)\s+id (\d+) (match|other)$")
+
+
+def grid_size(n: int) -> tuple[int, int]:
+    cols = min(search.COLUMNS, n)
+    rows = -(-n // cols)
+    width = max(2 * report.PAD + cols * (report.CELL_W + report.GAP) - report.GAP, 320)
+    return width, 2 * report.PAD + 3 * report.LINE_H + report.GAP + rows * (report.CELL_H + report.GAP) - report.GAP
+
+
+def args(run: TrainedRun, lang: str, out, *extra: str) -> list[str]:
+    i, j = run.easy_query()
+    query = run.train_entries(lang)[i]["captions"][j]
+    return ["--checkpoint", str(run.checkpoint), "--gallery", str(run.data / "imgs"), "--query", query,
+            "--lang", lang, "--annotations", str(run.data / "annos" / f"train_reid_{lang}.json"),
+            "--top-k", "5", "--out", str(out), *extra]
+
+
+def check_output(stdout: str, run: TrainedRun, lang: str, out, top_k: int = 5) -> list[re.Match]:
+    i, _ = run.easy_query()
+    person = run.train_entries(lang)[i]["id"]
+    assert f"query person id {person}" in stdout
+    rows = [m for m in map(ROW.match, stdout.splitlines()) if m]
+    assert [int(m.group(1)) for m in rows] == list(range(1, top_k + 1)), stdout
+    assert any(m.group(5) == "match" for m in rows), stdout  # the right person is in the top 5
+    for m in rows:
+        assert (int(m.group(4)) == person) == (m.group(5) == "match")
+    with Image.open(out) as im:
+        im.load()
+        assert im.format == "PNG" and im.size == grid_size(top_k)
+    return rows
+
+
+def frame_colour(out, index: int) -> tuple[int, int, int]:
+    """Colour of the frame of result ``index`` (its top-left pixel)."""
+    x = report.PAD + index * (report.CELL_W + report.GAP)
+    y = report.PAD + 3 * report.LINE_H + report.GAP
+    with Image.open(out) as im:
+        return im.convert("RGB").getpixel((x + 1, y + 1))
+
+
+def test_cli_english_in_a_subprocess(trained_run, tmp_path):
+    out = tmp_path / "en.png"
+    r = subprocess.run([sys.executable, "-m", "tools.search", *args(trained_run, "en", out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = check_output(r.stdout, trained_run, "en", out)
+    for n, m in enumerate(rows):
+        assert frame_colour(out, n) == (report.GREEN if m.group(5) == "match" else report.RED)
+
+
+def test_cli_chinese_and_cache(trained_run, tmp_path, capsys):
+    out = tmp_path / "ch.png"
+    cache = tmp_path / "cache"
+    search.main(args(trained_run, "ch", out, "--cache", str(cache)))
+    first = capsys.readouterr().out
+    check_output(first, trained_run, "ch", out)
+    assert "ITM score for the top 8 re-ranked" in first
+    search.main(args(trained_run, "ch", out, "--cache", str(cache), "--no-rerank"))
+    check_output(capsys.readouterr().out, trained_run, "ch", out)
+    assert len(list(cache.iterdir())) == 1
+
+
+def test_query_id_and_folder_gallery_without_ids(trained_run, tmp_path, capsys):
+    out = tmp_path / "q.png"
+    person = trained_run.train_entries("en")[0]["id"]
+    search.main(args(trained_run, "en", out, "--query-id", str(person), "--top-k", "12"))
+    assert f"query person id {person}" in capsys.readouterr().out
+    with Image.open(out) as im:
+        assert im.size == grid_size(12)
+    search.main(["--checkpoint", str(trained_run.checkpoint), "--gallery", str(trained_run.data / "imgs" / "test"),
+                 "--query", "a woman with a red bag", "--top-k", "3", "--out", str(out)])
+    stdout = capsys.readouterr().out
+    assert "3 of 18 images" in stdout and "match" not in stdout
+    assert frame_colour(out, 0) == report.GREY
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"--checkpoint": "missing.pth"}, "checkpoint not found"),
+    ({"--gallery": "missing_dir"}, "gallery folder not found"),
+    ({"--annotations": "missing.json"}, "annotation file not found"),
+    ({"--query": " ... "}, "empty after cleaning"),
+])
+def test_one_line_errors(trained_run, tmp_path, capsys, change, needle):
+    argv = args(trained_run, "en", tmp_path / "x.png")
+    for flag, value in change.items():
+        argv[argv.index(flag) + 1] = value if flag == "--query" else str(tmp_path / value)
+    with pytest.raises(SystemExit) as e:
+        search.main(argv)
+    assert e.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert not (tmp_path / "x.png").exists()

@@ -1,0 +1,58 @@
+"""No duplicate work in a training step: each image version is encoded, and its fusion
+keys/values computed, exactly once; the MIM teacher reuses the unmasked image."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import build_model
+from model.fusion import FusionEncoder
+from tests.model_fixtures import make_batch, tiny_config, tiny_text_dir  # noqa: F401 - fixture
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads; on a shared machine, waiting at every op for
+    a descheduled second thread made these tests 10-50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def count_work(model, batch, monkeypatch) -> tuple[list, list, list]:
+    """Inputs of every vision-encoder call, text-encoder call and cross key/value computation."""
+    vision, text, contexts = [], [], []
+    model.vision_encoder.register_forward_hook(lambda m, args, out: vision.append((args, out)))
+    model.text_encoder.register_forward_hook(lambda m, args, out: text.append(args[0]))
+    original = FusionEncoder.cross_kv
+
+    def cross_kv(self, context):
+        contexts.append(context)
+        return original(self, context)
+
+    monkeypatch.setattr(FusionEncoder, "cross_kv", cross_kv)
+    model.train()
+    sum(model(batch).values()).backward()
+    return vision, text, contexts
+
+
+@pytest.mark.parametrize("overrides", [[], ["itm.use_mask=false"], ["model.grad_checkpointing=true"]])
+def test_each_image_encoded_once(tiny_text_dir, tmp_path, monkeypatch, overrides) -> None:  # noqa: F811
+    torch.manual_seed(0)
+    cfg = tiny_config(tiny_text_dir, tmp_path, *overrides)
+    model, tok = build_model(cfg)
+    batch = make_batch(cfg, tok, [0, 0, 1, 2])
+    vision, text, contexts = count_work(model, batch, monkeypatch)
+    # with grad checkpointing the backward pass re-runs checkpointed blocks, not the encoder's forward
+    masks = [args[1] for args, _ in vision]
+    assert len(vision) == 2 and masks[0] is None and torch.equal(masks[1], batch["image_mask"])
+    unmasked, masked = (out for _, out in vision)
+    # text encoder: source, target, and the two MLM-masked captions, each once
+    assert [t.data_ptr() for t in text] == [batch[k].data_ptr() for k in ("src_ids", "tgt_ids", "src_mlm_ids",
+                                                                          "tgt_mlm_ids")]
+    ptrs = [c.data_ptr() for c in contexts]
+    assert ptrs.count(unmasked.data_ptr()) == 1
+    assert ptrs.count(masked.data_ptr()) == (0 if "itm.use_mask=false" in overrides else 1)
+    # the other two key/value computations are the D-MIM teacher's and student's captions
+    assert len(contexts) - ptrs.count(unmasked.data_ptr()) - ptrs.count(masked.data_ptr()) == 2
