@@ -34,9 +34,8 @@ from data.datasets import GalleryDataset
 from data.text import clean_caption, tokenize
 from engine.amp import autocast_for
 from engine.rerank import rerank_fast
-from engine.train import CHECKPOINT_FORMAT
 from model import build_model, load_finetuned
-from utils.checkpoint import CheckpointError, load_safe, save_atomic
+from utils.checkpoint import CheckpointError, load_safe, read_checkpoint, save_atomic
 from utils.config import LANGUAGES, Config, config_from_dict
 from utils.errors import InputError
 
@@ -99,10 +98,9 @@ class Retriever:
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RetrievalError(f"device {device} requested but CUDA is not available")
-        ckpt = load_safe(path)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "config" not in ckpt:
-            raise CheckpointError(f"{path}: not a Bi-IRRA checkpoint written by this project's training "
-                                  f"(format {CHECKPOINT_FORMAT} with a stored config)")
+        ckpt = read_checkpoint(path)
+        if "config" not in ckpt:
+            raise CheckpointError(f"{path}: stores no config (written by this project's training?)")
         cfg = config_from_dict(ckpt["config"], source=f"{path} (stored config)")
         cfg.model.resume = ""  # the fine-tuned weights replace any pretrained ones
         for key, needed in (("text_encoder", cfg.text_encoder), ("vision_config", cfg.vision_config)):

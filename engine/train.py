@@ -25,14 +25,11 @@ from engine.evaluate import EvalResult, evaluate
 from engine.optim import build_optimizer, build_scheduler
 from engine.report import write_reports
 from model import build_model, build_tokenizer, load_finetuned
-from utils.checkpoint import CheckpointError, load_safe, save_atomic
+from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint, save_atomic
 from utils.config import Config, save_config
 from utils.distributed import DistInfo, all_gather_object, all_reduce_mean, barrier, is_dist
 from utils.errors import TrainingError
 from utils.logging import JsonlLog, format_table, info
-
-CHECKPOINT_FORMAT = "bi-irra/1"
-
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DDP) else model
@@ -64,12 +61,9 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
-def load_model_weights(model: nn.Module, path: str) -> dict[str, Any]:
+def load_model_weights(model: nn.Module, path: str, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load this project's checkpoint into ``model`` (every key must match); return the file."""
-    ckpt = load_safe(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a Bi-IRRA fine-tuned checkpoint of this project "
-                              "(pretrained X2-VLM checkpoints go in model.resume)")
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
     load_finetuned(unwrap(model), path, ckpt)
     return ckpt
 
@@ -120,10 +114,10 @@ class Trainer:
         return metrics
 
     def evaluate_checkpoint(self, path: str) -> dict[str, dict[str, float]]:
-        ckpt = load_safe(path)
-        self.num_ids = int(ckpt.get("num_ids", 0)) if isinstance(ckpt, dict) else 0
+        ckpt = read_checkpoint(path)
+        self.num_ids = int(ckpt.get("num_ids", 0))
         self.setup_model(for_training=False)
-        load_model_weights(self.model, path)
+        load_model_weights(self.model, path, ckpt)
         sets = self.eval_sets("test")
         return self.finish(evaluate_languages(self.model, self.cfg, sets, self.device), sets, "test")
 

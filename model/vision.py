@@ -19,7 +19,6 @@ from timm.models.beit import Beit
 from utils.config import Config, ConfigError
 
 
-
 class BlockMaskGenerator:
     """BEiT block-wise masking: random rectangles until exactly round(ratio * N) patches.
 

@@ -230,7 +230,7 @@ def test_text_encoder_invalid_config(case, capsys):
 
 
 def test_resume_training_from_weights_only_checkpoint(case, capsys, tmp_path):
-    from engine.train import CHECKPOINT_FORMAT
+    from utils.checkpoint import CHECKPOINT_FORMAT
     from model import build_model
     from utils.config import load_config
 

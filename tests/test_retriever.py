@@ -95,7 +95,7 @@ def test_errors_are_input_errors(trained_run, tmp_path, retriever):
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         Retriever.from_checkpoint(tmp_path / "missing.pth")
     torch.save({"model": {}}, tmp_path / "foreign.pth")
-    with pytest.raises(CheckpointError, match="not a Bi-IRRA checkpoint"):
+    with pytest.raises(CheckpointError, match="not a Bi-IRRA fine-tuned checkpoint"):
         Retriever.from_checkpoint(tmp_path / "foreign.pth")
     with pytest.raises(RetrievalError, match="gallery folder not found"):
         retriever.index(tmp_path / "nowhere")

@@ -12,6 +12,9 @@ import torch
 from utils.errors import InputError
 
 
+CHECKPOINT_FORMAT = "bi-irra/1"  # the "format" entry of the checkpoints this project writes
+
+
 class CheckpointError(InputError):
     """A checkpoint file that cannot be used; the message is one line naming the file."""
 
@@ -60,3 +63,12 @@ def load_safe(path: str | os.PathLike) -> Any:
     except Exception as e:  # noqa: BLE001 - torch raises many types (IndexError, EOFError, ...) for junk files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({first})") from None
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint written by this project's training (safe load), checked for its format."""
+    ckpt = load_safe(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a Bi-IRRA fine-tuned checkpoint of this project "
+                              "(pretrained X2-VLM checkpoints go in model.resume)")
+    return ckpt
