@@ -21,10 +21,20 @@ def _shade(c: RGB, f: float) -> RGB:
     return tuple(int(max(0, min(255, v * f))) for v in c)  # type: ignore[return-value]
 
 
+def _muted(rng: np.random.Generator, low: int, high: int) -> RGB:
+    """A grey level in [low, high) with a tint of at most +-15 per channel."""
+    grey = int(rng.integers(low, high))
+    return tuple(int(np.clip(grey + t, 0, 255)) for t in rng.integers(-15, 16, 3))  # type: ignore[return-value]
+
+
 def _background(size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
-    """Street-like scene: a wall colour, a floor band and one random texture (plain, bricks, tiles, noise)."""
+    """Street-like scene: a wall colour, a floor band and one random texture (plain, bricks, tiles, noise).
+
+    Scene colours are desaturated (grey with a slight tint), like most street scenes, so
+    the colour words of a caption refer to the person, not to the background.
+    """
     w, h = size
-    wall = tuple(int(v) for v in rng.integers(40, 220, 3))
+    wall = _muted(rng, 50, 210)
     img = Image.new("RGB", size, wall)
     d = ImageDraw.Draw(img)
     kind = rng.integers(4)
@@ -48,7 +58,7 @@ def _background(size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
         img = Image.fromarray(arr.astype(np.uint8))
         d = ImageDraw.Draw(img)
     floor_y = int(h * rng.uniform(0.72, 0.9))
-    d.rectangle([0, floor_y, w, h], fill=tuple(int(v) for v in rng.integers(60, 200, 3)))
+    d.rectangle([0, floor_y, w, h], fill=_muted(rng, 60, 190))
     return img
 
 
@@ -190,7 +200,7 @@ def render_person(p: Identity, size: tuple[int, int], rng: np.random.Generator) 
         ow, oh = rng.uniform(0.3, 0.6) * w, rng.uniform(0.2, 0.45) * h
         ox = rng.choice([0.0, w - ow])
         oy = rng.uniform(0.3, 1.0) * (h - oh)
-        d.rectangle([ox, oy, ox + ow, oy + oh], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        d.rectangle([ox, oy, ox + ow, oy + oh], fill=_muted(rng, 30, 220))
     img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.6, 1.35))
     img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 1.0)))
     return img.resize(size, Image.Resampling.LANCZOS)
