@@ -47,11 +47,11 @@ def build_train_loader(cfg: Config, tokenizer, rank: int = 0, world_size: int = 
     dataset's epoch reaches them.
     """
     ds = TrainDataset(cfg, tokenizer) if dataset is None else dataset
-    global_batch = cfg.data.batch_size * world_size
-    if len(ds) < global_batch:
-        raise DataError(f"training set has {len(ds)} samples, fewer than one global batch ({cfg.data.batch_size} "
-                        f"per process x {world_size} processes = {global_batch}); lower data.batch_size")
-    sampler = GlobalBatchSampler(len(ds), cfg.data.batch_size, rank, world_size, cfg.misc.seed)
+    try:
+        sampler = GlobalBatchSampler(len(ds), cfg.data.batch_size, rank, world_size, cfg.misc.seed,
+                                     persons=ds.pid_of, instances=cfg.data.num_instances)
+    except ValueError as e:
+        raise DataError(str(e)) from None
     return DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                       collate_fn=partial(collate_train, pad_id=tokenizer.pad_token_id),
                       pin_memory=torch.cuda.is_available(), persistent_workers=False)

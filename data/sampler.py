@@ -1,7 +1,7 @@
 """Training batch sampler whose global batches do not depend on the number of processes."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -17,13 +17,30 @@ class GlobalBatchSampler(Sampler[list[int]]):
     incomplete global batch is dropped so every process runs the same number of steps.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
+    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 persons: Sequence[int] | None = None, instances: int = 0):
+        """``instances`` > 0 (with ``persons``, the person index of every sample) makes
+        identity-balanced batches: runs of ``instances`` samples of one person, shuffled
+        as units, so every batch holds several positives per person (the usual P x K
+        sampling of person re-identification). 0 keeps plain random batches (upstream).
+        """
         global_batch = batch_size * world_size
-        if num_samples < global_batch:
-            raise ValueError(f"training set has {num_samples} samples, fewer than one global batch "
+        self.groups: list[list[int]] | None = None
+        usable = num_samples
+        if instances > 0:
+            if persons is None or len(persons) != num_samples:
+                raise ValueError("identity-balanced batches need the person index of every sample")
+            by_person: dict[int, list[int]] = {}
+            for i, p in enumerate(persons):
+                by_person.setdefault(int(p), []).append(i)
+            self.groups = list(by_person.values())
+            usable = sum(len(g) // instances * instances for g in self.groups)
+        if usable < global_batch:
+            kind = "samples" if instances == 0 else f"samples in complete runs of {instances} per person"
+            raise ValueError(f"training set has {usable} {kind}, fewer than one global batch "
                              f"({batch_size} per process x {world_size} processes = {global_batch}); "
                              "lower data.batch_size")
-        self.num_samples, self.batch_size = num_samples, batch_size
+        self.num_samples, self.usable, self.batch_size, self.instances = num_samples, usable, batch_size, instances
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.epoch, self.start_batch = 0, 0
 
@@ -31,12 +48,22 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
-        return self.num_samples // (self.batch_size * self.world_size) - self.start_batch
+        return self.usable // (self.batch_size * self.world_size) - self.start_batch
+
+    def order(self, g: torch.Generator) -> list[int]:
+        """This epoch's sample order (the same on every process)."""
+        if self.groups is None:
+            return torch.randperm(self.num_samples, generator=g).tolist()
+        runs = []
+        for members in self.groups:
+            shuffled = [members[i] for i in torch.randperm(len(members), generator=g).tolist()]
+            runs += [shuffled[s:s + self.instances] for s in range(0, len(shuffled) - self.instances + 1, self.instances)]
+        return [i for r in torch.randperm(len(runs), generator=g).tolist() for i in runs[r]]
 
     def __iter__(self) -> Iterator[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        perm = torch.randperm(self.num_samples, generator=g).tolist()
+        perm = self.order(g)
         gb = self.batch_size * self.world_size
-        for b in range(self.start_batch, self.num_samples // gb):
+        for b in range(self.start_batch, len(perm) // gb):
             start = b * gb + self.rank * self.batch_size
             yield perm[start:start + self.batch_size]

@@ -153,3 +153,23 @@ def test_bad_gallery_image(synthetic_root, tokenizer, tmp_path):  # noqa: F811
     ev = build_eval_data(make_config(root, on_bad_image="skip"), "test", "en", tokenizer)
     img, idx = ev.gallery[i]
     assert idx == i and not img.any() and ev.gallery.skipped == 1
+
+
+def test_identity_balanced_batches_hold_k_samples_per_person():
+    from data.sampler import GlobalBatchSampler
+
+    persons = [p for p in range(10) for _ in range(7)]  # 10 people x 7 samples; runs of 3 use 6 of each
+    one = GlobalBatchSampler(len(persons), 12, seed=3, persons=persons, instances=3)
+    two = [GlobalBatchSampler(len(persons), 6, rank=r, world_size=2, seed=3, persons=persons, instances=3) for r in (0, 1)]
+    batches = list(one)
+    assert len(batches) == len(one) == 60 // 12
+    for b in batches:
+        counts = {}
+        for i in b:
+            counts[persons[i]] = counts.get(persons[i], 0) + 1
+        assert all(c % 3 == 0 for c in counts.values()), counts
+    assert len({i for b in batches for i in b}) == 60  # no sample twice in an epoch
+    # the same global batches whatever the number of processes
+    assert [a + b for a, b in zip(*two)] == batches
+    one.set_epoch(1)
+    assert list(one) != batches

@@ -111,6 +111,7 @@ class Data:
     source_language: str = "en"
     target_language: str = "ch"
     on_bad_image: str = "error"  # error | skip
+    num_instances: int = 0  # K > 0: identity-balanced batches of K samples per person; 0: random (upstream)
 
 
 @dataclass
@@ -350,6 +351,8 @@ def validate(cfg: Config) -> None:
     for key in ("batch_size", "test_batch_size"):
         _check(getattr(d, key) > 0, cfg, f"data.{key}", f"must be positive, got {getattr(d, key)}")
     _check(d.num_workers >= 0, cfg, "data.num_workers", f"must be >= 0, got {d.num_workers}")
+    _check(d.num_instances >= 0 and (d.num_instances == 0 or d.batch_size % d.num_instances == 0), cfg,
+           "data.num_instances", f"must be 0 or divide data.batch_size ({d.batch_size}), got {d.num_instances}")
     _check(cfg.device in ("cuda", "cpu") or cfg.device.startswith("cuda:"), cfg, "device",
            f"must be 'cuda' or 'cpu', got '{cfg.device}'")
     _check(len(e.input_resolution) == 2 and all(v > 0 for v in e.input_resolution), cfg,
