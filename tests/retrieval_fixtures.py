@@ -11,7 +11,7 @@ higher learning rate, the ITM head stays at chance within this budget and re-ran
 shuffles the top k), MLM and D-MIM off, and no dropout. It puts the right person in the
 top 4 for every training caption, in both languages, with re-ranking (R1 about 80%).
 
-Import the fixtures into a test module (``from tests.retrieval_fixtures import one_thread, trained_run``).
+Import the fixtures into a test module (``from tests.retrieval_fixtures import trained_run``; ``one_thread`` comes from conftest.py).
 """
 from __future__ import annotations
 
@@ -96,17 +96,6 @@ def train(root: Path) -> TrainedRun:
     seconds = time.perf_counter() - start
     assert r.returncode == 0, r.stderr[-3000:]
     return TrainedRun(data, out, out / "checkpoint_last.pth", seconds)
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Torch on one thread for a test module's in-process model calls (see ``subprocess_env``)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 _RUNS: dict[int, TrainedRun] = {}

@@ -16,14 +16,7 @@ from utils.metrics import per_query_stats, summarize
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads; on a shared machine, waiting at every op for
-    a descheduled second thread made these tests 10-50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(text_dir, tmp_path, fusion_layers: int = 2) -> BiIRRA:

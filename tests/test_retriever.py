@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.retriever import Hit, RetrievalError, Retriever, list_images
-from tests.retrieval_fixtures import TrainedRun, one_thread, trained_run  # noqa: F401
+from tests.retrieval_fixtures import TrainedRun, trained_run  # noqa: F401
 from utils.checkpoint import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from engine import report
-from tests.retrieval_fixtures import ROOT, TrainedRun, one_thread, subprocess_env, trained_run  # noqa: F401
+from tests.retrieval_fixtures import ROOT, TrainedRun, subprocess_env, trained_run  # noqa: F401
 from tools import search
 
 pytestmark = pytest.mark.usefixtures("one_thread")

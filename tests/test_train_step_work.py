@@ -10,14 +10,7 @@ from model.fusion import FusionEncoder
 from tests.model_fixtures import make_batch, tiny_config, tiny_text_dir  # noqa: F401 - fixture
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads; on a shared machine, waiting at every op for
-    a descheduled second thread made these tests 10-50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def count_work(model, batch, monkeypatch) -> tuple[list, list, list]:
