@@ -21,13 +21,14 @@ import functools
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from utils.checkpoint import atomic_write
 from utils.metrics import cmc_curve
 
 if TYPE_CHECKING:
@@ -175,19 +176,6 @@ def save_png(image: Image.Image, path: Path) -> None:
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then rename over ``path``: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------------------------- examples
 def pick_examples(stats: dict[str, torch.Tensor], best: int = EXAMPLES_BEST,
                   worst: int = EXAMPLES_WORST) -> list[tuple[str, int]]:
@@ -302,4 +290,4 @@ def write_reports(out: Path, results: dict[str, EvalResult], sets: dict[str, Eva
 
 
 __all__ = ["write_reports", "draw_cell", "draw_text", "drawable", "font_for", "pick_examples", "save_png",
-           "atomic_write", "wrap", "CELL_W", "CELL_H", "GAP", "PAD", "LINE_H", "EXAMPLES_W", "CMC_SIZE"]
+           "wrap", "CELL_W", "CELL_H", "GAP", "PAD", "LINE_H", "EXAMPLES_W", "CMC_SIZE"]

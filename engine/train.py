@@ -25,7 +25,7 @@ from engine.evaluate import EvalResult, evaluate
 from engine.optim import build_optimizer, build_scheduler
 from engine.report import write_reports
 from model import build_model, build_tokenizer, load_finetuned
-from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint, save_atomic
+from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_write, read_checkpoint, save_atomic
 from utils.config import Config, save_config
 from utils.distributed import DistInfo, all_gather_object, all_reduce_mean, barrier, is_dist
 from utils.errors import TrainingError
@@ -90,11 +90,11 @@ class Trainer:
     def setup_model(self, for_training: bool) -> None:
         """Tokenizer, then (for training) the loader, whose identity count sizes the ID head, then the model."""
         cfg = self.cfg
-        tokenizer = build_tokenizer(cfg.text_encoder)
+        self.tokenizer = build_tokenizer(cfg.text_encoder)
         if for_training:
-            self.loader = build_train_loader(cfg, tokenizer, self.dist.rank, self.dist.world_size)
+            self.loader = build_train_loader(cfg, self.tokenizer, self.dist.rank, self.dist.world_size)
             self.num_ids = self.loader.dataset.num_persons
-        self.model, self.tokenizer = build_model(cfg, num_ids=self.num_ids)
+        self.model, _ = build_model(cfg, num_ids=self.num_ids, tokenizer=self.tokenizer)
         self.model.to(self.device)
 
     def eval_sets(self, split: str) -> dict[str, Any]:
@@ -103,10 +103,7 @@ class Trainer:
     def finish(self, results: dict[str, EvalResult], sets: dict[str, Any], split: str) -> dict[str, dict[str, float]]:
         metrics = {lang: r.metrics for lang, r in results.items()}
         if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            tmp = self.out / "metrics.json.tmp"
-            tmp.write_text(json.dumps(metrics, indent=2))
-            tmp.replace(self.out / "metrics.json")
+            atomic_write(self.out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
             write_reports(self.out, results, sets, split)
             print(f"{split} results ({self.cfg.model.saved_path}):")
             print(format_table(metrics), flush=True)

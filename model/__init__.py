@@ -14,12 +14,14 @@ from .vision import BlockMaskGenerator
 log = logging.getLogger(__name__)
 
 
-def build_model(cfg: Config, num_ids: int = 0) -> tuple[BiIRRA, PreTrainedTokenizerBase]:
+def build_model(cfg: Config, num_ids: int = 0,
+                tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[BiIRRA, PreTrainedTokenizerBase]:
     """Model and tokenizer from ``cfg.text_encoder``; loads ``cfg.model.resume`` when set.
 
-    ``num_ids`` (number of training identities) is only needed with ``id.use_id``.
+    ``num_ids`` (number of training identities) is only needed with ``id.use_id``;
+    ``tokenizer``, when the caller already loaded it, is reused instead of read again.
     """
-    tokenizer = build_tokenizer(cfg.text_encoder)
+    tokenizer = build_tokenizer(cfg.text_encoder) if tokenizer is None else tokenizer
     model = BiIRRA(cfg, num_ids)
     vocab = model.text_encoder.config.vocab_size
     if len(tokenizer) > vocab:

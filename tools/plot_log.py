@@ -59,7 +59,7 @@ def plot(records: list[dict[str, Any]], out: Path, title: str) -> tuple[int, int
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from engine.report import atomic_write
+    from utils.checkpoint import atomic_write
 
     steps, evals = curves(records)
     if not steps:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +19,34 @@ class CheckpointError(InputError):
     """A checkpoint file that cannot be used; the message is one line naming the file."""
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` with torch.save to a temporary file in the same folder, fsync, rename.
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``.
 
-    A crash (even SIGKILL) during the write leaves the previous file at ``path`` intact,
-    since ``os.replace`` is atomic on POSIX file systems.
+    Readers never see a half-written file, and a crash (even SIGKILL) during the write
+    leaves the previous file intact, since ``os.replace`` is atomic on POSIX file systems.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save ``obj`` atomically (see :func:`atomic_write`), fsynced so it survives a power cut."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
     try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        dir_fd = os.open(Path(path).parent, os.O_RDONLY)
         os.fsync(dir_fd)
         os.close(dir_fd)
     except OSError:

@@ -428,12 +428,10 @@ def check_paths(cfg: Config, need_train: bool = True) -> None:
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically), so a run records what it used."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False, allow_unicode=True)
-    os.replace(tmp, path)
+    from utils.checkpoint import atomic_write  # imports torch; --check does not need it
+
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<checkpoint>") -> Config:
