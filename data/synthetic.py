@@ -2,8 +2,8 @@
 
     python -m data.synthetic --out data/synthetic
 
-Default size: 200 train ids, 50 val ids, 100 test ids, 4 images per id at 128x64, two
-captions per image (train 800 images / 1,600 captions; val 200 / 400; test 400 / 800):
+Default size: 800 train ids, 50 val ids, 100 test ids, 4 images per id at 128x64, two
+captions per image (train 3,200 images / 6,400 captions; val 200 / 400; test 400 / 800):
 100 test identities share a small attribute vocabulary, so text-to-image retrieval is
 far from trivial, yet a tiny model learns it within a few CPU minutes.
 
@@ -70,26 +70,68 @@ def build_annotations(seed: int, people: dict[str, list[tuple[int, Identity]]], 
     return annos
 
 
-def write_text_encoder(captions: list[str], out: Path, hidden_size: int = 192) -> None:
+def _is_cjk(char: str) -> bool:
+    return "\u3400" <= char <= "\u9fff"
+
+
+def train_sentencepiece(captions: list[str], vocab_size: int = 4000) -> bytes:
+    """A unigram SentencePiece model (xlm-roberta-base's kind) for the cleaned ``captions``.
+
+    SentencePiece's own unigram trainer breaks down on a corpus this repetitive (a few
+    hundred distinct words: it keeps ~100 character-like pieces for English and whole
+    clauses for Chinese), and a BPE model would be read by Hugging Face's XLM-R tokenizer
+    as unigram pieces scored by merge rank, which cuts words into fragments. So the pieces
+    come from a BPE run, except that Chinese is cut into single characters (BPE would
+    merge whole clauses such as "wears a red hat" into one piece, and a shorter cap cuts
+    across words, "穿棕|色的"; characters keep colour and garment words consistent and
+    compositional), and each piece is scored by the log of its frequency in the corpus
+    segmented into the fewest pieces. SentencePiece and the
+    Hugging Face tokenizer then cut every caption the same way, at word boundaries.
+    """
+    import collections
+    import math
+
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    bpe = io.BytesIO()  # written from memory: a model_prefix would embed the output path in the file
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(captions), model_writer=bpe, model_type="bpe",
+        vocab_size=vocab_size, hard_vocab_limit=False, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2,
+        pad_id=-1, num_threads=1, minloglevel=2)
+    proto = pb.ModelProto()
+    proto.ParseFromString(bpe.getvalue())
+    proto.trainer_spec.model_type = pb.TrainerSpec.UNIGRAM
+    normal = pb.ModelProto.SentencePiece.NORMAL
+    keep = [p for p in proto.pieces
+            if p.type != normal or len(p.piece.lstrip("\u2581")) <= 1 or not any(map(_is_cjk, p.piece))]
+    del proto.pieces[:]
+    proto.pieces.extend(keep)
+    for p in proto.pieces:
+        p.score = -1.0  # equal scores: the fewest pieces win
+    fewest = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    counts = collections.Counter(p for c in captions for p in fewest.encode(c, out_type=str))
+    total = sum(counts.values())
+    for p in proto.pieces:
+        if p.type == normal:
+            p.score = math.log(max(counts[p.piece], 0.5) / total)
+    return proto.SerializeToString()
+
+
+def write_text_encoder(captions: list[str], out: Path, hidden_size: int = 128) -> None:
     """SentencePiece tokenizer in the xlm-roberta-base folder layout plus a small XLM-R config.json.
 
     SentencePiece ids: unk 0, bos 1, eos 2, no pad; the XLM-R tokenizer maps them to
     ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3 and appends ``<mask>``. Full character
     coverage keeps every Chinese character a piece instead of ``<unk>``.
     """
-    import sentencepiece as spm
     from transformers import AutoTokenizer
 
     from data.text import clean_caption
 
     captions = [clean_caption(c) for c in captions]  # the pipeline tokenizes cleaned (lower-case) text
     out.mkdir(parents=True, exist_ok=True)
-    model = io.BytesIO()  # written from memory: a model_prefix would embed the output path in the file
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(captions), model_writer=model, model_type="bpe",
-        vocab_size=4000, hard_vocab_limit=False, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        num_threads=1, minloglevel=2)
-    (out / "sentencepiece.bpe.model").write_bytes(model.getvalue())
+    (out / "sentencepiece.bpe.model").write_bytes(train_sentencepiece(captions))
     max_tokens = 128
     (out / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "XLMRobertaTokenizer", "model_max_length": max_tokens}, indent=2) + "\n")
@@ -104,8 +146,8 @@ def write_text_encoder(captions: list[str], out: Path, hidden_size: int = 192) -
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def generate(out: str | Path, seed: int = 0, train_ids: int = 200, val_ids: int = 50, test_ids: int = 100,
-             images_per_id: int = 4, size: tuple[int, int] = (128, 64), hidden_size: int = 192,
+def generate(out: str | Path, seed: int = 0, train_ids: int = 800, val_ids: int = 50, test_ids: int = 100,
+             images_per_id: int = 4, size: tuple[int, int] = (128, 64), hidden_size: int = 128,
              processes: int | None = None) -> dict[str, dict[str, int]]:
     """Write the dataset under ``out`` (``size`` = (height, width)); returns per-split counts."""
     out = Path(out)
@@ -152,15 +194,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         prog="python -m data.synthetic", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Render the synthetic multilingual (en/ch/fr/de) pedestrian dataset: imgs/, annos/, text_encoder/. "
-                    "Defaults: 200 train / 50 val / 100 test identities x 4 images of 128x64, 2 captions each.")
+                    "Defaults: 800 train / 50 val / 100 test identities x 4 images of 128x64, 2 captions each.")
     ap.add_argument("--out", required=True, help="output folder (created)")
     ap.add_argument("--seed", type=int, default=0, help="same seed -> byte-identical files")
-    ap.add_argument("--train-ids", type=int, default=200, help="training identities")
+    ap.add_argument("--train-ids", type=int, default=800, help="training identities")
     ap.add_argument("--val-ids", type=int, default=50, help="validation identities (0: no val split)")
     ap.add_argument("--test-ids", type=int, default=100, help="test identities")
     ap.add_argument("--images-per-id", type=int, default=4, help="images (views) per identity")
     ap.add_argument("--size", type=_size, default=(128, 64), help="image HxW")
-    ap.add_argument("--hidden-size", type=int, default=192, help="hidden size written to text_encoder/config.json")
+    ap.add_argument("--hidden-size", type=int, default=128, help="hidden size written to text_encoder/config.json")
     ap.add_argument("--processes", type=int, default=None, help="rendering processes (default: CPU count, at most 8)")
     args = ap.parse_args(argv)
     if args.train_ids < 2 or args.test_ids < 2 or args.val_ids < 0 or args.images_per_id < 1:

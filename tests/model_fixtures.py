@@ -37,7 +37,7 @@ def write_tokenizer(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(SENTENCES * 20), model_prefix=str(folder / "sentencepiece.bpe"),
-        vocab_size=100, hard_vocab_limit=False, model_type="bpe",
+        vocab_size=100, hard_vocab_limit=False, model_type="unigram",
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
     )
     (folder / "sentencepiece.bpe.vocab").unlink()

@@ -90,6 +90,30 @@ def test_tokenizer_folder_loads_offline_and_knows_chinese(synthetic_root):  # no
     assert {"sentencepiece.bpe.model", "tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(synthetic_root / "text_encoder"))
 
 
+def test_tokenizer_cuts_like_sentencepiece_at_word_boundaries(synthetic_root):  # noqa: F811
+    """The HF tokenizer reads the model as unigram pieces; it must cut exactly as SentencePiece
+    does, keep en/fr/de words whole and cut Chinese into single characters."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from data.text import clean_caption
+
+    folder = synthetic_root / "text_encoder"
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "sentencepiece.bpe.model"))
+    for lang in ("en", "ch", "fr", "de"):
+        caps = [clean_caption(c) for split in ("train", "test")
+                for e in json.loads((synthetic_root / "annos" / f"{split}_reid_{lang}.json").read_text(encoding="utf-8"))
+                for c in e["captions"]]
+        for cap in caps:
+            pieces = tok.tokenize(cap)
+            assert pieces == sp.encode(cap, out_type=str)
+            if lang == "ch":
+                assert all(len(CJK.findall(p)) <= 1 for p in pieces), pieces
+            else:
+                assert [p.lstrip("\u2581") for p in pieces] == cap.split(), pieces
+
+
 def test_cli(tmp_path, capsys):
     main(["--out", str(tmp_path / "cli"), "--train-ids", "2", "--val-ids", "0", "--test-ids", "2",
           "--images-per-id", "1", "--size", "16x8", "--hidden-size", "16"])
