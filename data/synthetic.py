@@ -85,8 +85,8 @@ def train_sentencepiece(captions: list[str], vocab_size: int = 4000) -> bytes:
     merge whole clauses such as "wears a red hat" into one piece, and a shorter cap cuts
     across words, "穿棕|色的"; characters keep colour and garment words consistent and
     compositional), and each piece is scored by the log of its frequency in the corpus
-    segmented into the fewest pieces. SentencePiece and the
-    Hugging Face tokenizer then cut every caption the same way, at word boundaries.
+    segmented into the fewest pieces. SentencePiece and the Hugging Face tokenizer then cut
+    every caption the same way, at word boundaries.
     """
     import collections
     import math
