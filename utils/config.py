@@ -30,6 +30,7 @@ class ConfigError(InputError):
 @dataclass
 class Misc:
     seed: int = 1
+    deterministic: bool = False  # PyTorch deterministic algorithms (slower on CUDA)
 
 
 @dataclass
@@ -51,6 +52,8 @@ class Schedule:
     ratio_factor: float = 1.0
     grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
     skip_nonfinite: bool = False  # skip (and count) steps with a non-finite loss instead of stopping
+    amp: str = "fp16"  # CUDA training precision: fp16 (autocast + GradScaler, upstream) | bf16 | off
+    save_every_steps: int = 0  # also write checkpoint_last.pth every N steps inside an epoch; 0 = end of epoch only
 
 
 @dataclass
@@ -62,6 +65,10 @@ class Model:
     temp: float = 0.07
     k_test: int = 256
     grad_checkpointing: bool = False
+    gather_with_grad: bool = False  # ITC/SDM gather returns the other processes' gradients too (upstream: local slice only)
+    roberta_position_ids: bool = False  # text position ids from padding_idx + 1 (HF/CCLM); upstream fine-tunes with arange(L)
+    rerank_score: str = "logit"  # re-rank by the raw match logit (upstream) | log_odds (match minus non-match logit)
+    eval_amp: bool = False  # evaluate under the training autocast dtype on CUDA (upstream: fp32)
 
 
 @dataclass
@@ -75,6 +82,7 @@ class Mim:
     weight: float = 4.0
     use_mim: bool = True
     mask_ratio: float = 0.5
+    per_sample_mask: bool = False  # one block mask per sample (upstream: one per batch)
 
 
 @dataclass
@@ -84,6 +92,7 @@ class Mlm:
     max_masks: int = 12
     skipgram_prb: float = 0.2
     skipgram_size: int = 3
+    protect_special: bool = False  # never mask <s>/</s> nor draw special tokens as replacements (upstream does)
 
 
 @dataclass
@@ -112,12 +121,16 @@ class Data:
     target_language: str = "ch"
     on_bad_image: str = "error"  # error | skip
     num_instances: int = 0  # K > 0: identity-balanced batches of K samples per person; 0: random (upstream)
+    unicode_cleaning: bool = False  # captions: every Unicode punctuation/symbol -> space (upstream: ten ASCII characters)
+    eval_languages: list[str] = field(default_factory=list)  # query languages evaluated; empty = source and target
+    tl_proj_languages: list[str] = field(default_factory=list)  # extra query languages that use tl_text_proj
 
 
 @dataclass
 class Distributed:
     backend: str = "nccl"
     url: str = "env://"
+    virtual_processes: int = 1  # V > 1: each process runs V virtual processes per optimizer step
 
 
 @dataclass
