@@ -1,8 +1,11 @@
 """Bi-IRRA command line: train, evaluate or check a configuration.
 
-    python main.py --config config/config.yaml [key.sub=value ...] [--check]
-    torchrun --nproc_per_node=4 main.py --config config/config.yaml
+    python main.py [--config config/config.yaml] [key.sub=value ...] [--check]
+    torchrun --nproc_per_node=4 main.py [--config config/config.yaml]
     python main.py --eval-only --resume runs/x/best_en.pth [--config FILE] [key.sub=value ...]
+
+Without ``--config`` the run reads ``config/config.yaml`` of the current folder, as
+upstream's ``main.py`` does (with ``--resume``: the config stored in the checkpoint).
 
 Input problems (config, data, checkpoints) end the run with one ``error:`` line and
 exit code 2; a failed training run (e.g. a non-finite loss) exits with 1.
@@ -10,22 +13,30 @@ exit code 2; a failed training run (e.g. a non-finite loss) exits with 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from utils.config import Config
+
+DEFAULT_CONFIG = "config/config.yaml"  # upstream's main.py reads this file, relative to the working folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train and evaluate Bi-IRRA for multilingual text-to-image person retrieval.")
-    p.add_argument("--config", help="YAML config (default with --resume: the config stored in the checkpoint)")
+    p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG} in the current folder, as upstream; "
+                                    "with --resume: the config stored in the checkpoint)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config keys")
     p.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint on the test split")
     p.add_argument("--resume", help="checkpoint of this project: continue training from it, or evaluate it")
-    p.add_argument("--check", action="store_true", help="validate the config and every path it names, print it, exit")
+    p.add_argument("--check", action="store_true",
+                   help="load and validate everything the run would read (config, annotation files, images, "
+                        "tokenizer), print the config and per-split counts, exit")
     args = p.parse_args(argv)
-    if args.config is None and args.resume is None:
-        p.error("--config is required (or --resume, whose checkpoint stores its config)")
     if args.eval_only and not args.resume:
         p.error("--eval-only needs --resume CHECKPOINT")
     return args
@@ -37,6 +48,11 @@ def resolve_config(args: argparse.Namespace):
 
     if args.config is not None:
         return load_config(args.config, args.overrides)
+    if args.resume is None:
+        if not os.path.isfile(DEFAULT_CONFIG):
+            raise ConfigError(f"config file not found: {DEFAULT_CONFIG} (read when --config is not given; "
+                              f"run from the repository root or pass --config FILE)")
+        return load_config(DEFAULT_CONFIG, args.overrides)
     ckpt = load_safe(args.resume)
     if not isinstance(ckpt, dict) or "config" not in ckpt:
         raise ConfigError(f"{args.resume}: stores no config; pass --config")
@@ -44,6 +60,21 @@ def resolve_config(args: argparse.Namespace):
     for ov in args.overrides:
         apply_override(raw, ov)
     return config_from_dict(raw, source=f"{args.resume} (stored config)")
+
+
+def check(cfg: Config, need_train: bool) -> int:
+    """``--check``: everything the run would load, validated; the config and per-split counts printed."""
+    from data.check import check_data, format_summary
+    from engine.eval_memory import report as memory_report
+    from utils.config import check_paths
+
+    check_paths(cfg, need_train=need_train)
+    summary = check_data(cfg, need_train=need_train)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
+    print(format_summary(summary))
+    print(memory_report(cfg))
+    print(f"config OK: {cfg.source}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,10 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if args.eval_only:
         cfg.model.resume = ""  # the fine-tuned weights replace the pretrained ones anyway
     if args.check:
-        check_paths(cfg, need_train=not args.eval_only)
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
-        print(f"config OK: {cfg.source}")
-        return 0
+        return check(cfg, need_train=not args.eval_only)
     check_paths(cfg, need_train=not args.eval_only)
     info = init_distributed(cfg.device, cfg.distributed.backend)
     from engine.train import Trainer

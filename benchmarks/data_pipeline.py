@@ -86,7 +86,7 @@ def main() -> None:
     torch.manual_seed(0)
     base = [f"anno_dir={args.data}/annos", f"image_dir={args.data}/imgs", f"text_encoder={args.data}/text_encoder"]
     if args.resolution:
-        base.append(f"experiment.input_resolution=[{args.resolution[0]}, {args.resolution[1]}]")
+        base += [f"experiment.input_resolution=[{args.resolution[0]}, {args.resolution[1]}]", f"image_res={args.resolution[0]}"]
     cfg = load_config("config/demo.yaml", base)
     model, tokenizer = build_model(cfg)
     dataset = TrainDataset(cfg, tokenizer)
@@ -105,7 +105,7 @@ def main() -> None:
         first, rate = timed_batches(loader, args.batches)
         print(f"loader alone, {w} worker(s): first batch after {first:.2f} s, then {rate:.0f} images/s")
 
-    optimizer = build_optimizer(model, cfg.schedule)
+    optimizer = build_optimizer(model, cfg)
     model.train()
 
     def step(batch: dict[str, torch.Tensor]) -> None:

@@ -71,7 +71,7 @@ def run_case(size: str, checkpointing: bool, steps: int, full_batch: int, data: 
     torch.manual_seed(0)
     cfg, model, batch = demo_inputs(data, checkpointing) if size == "demo" else full_inputs(full_batch, checkpointing)
     batch = {k: v for k, v in batch.items() if k != "index"}
-    optimizer = build_optimizer(model, cfg.schedule)
+    optimizer = build_optimizer(model, cfg)
     model.train()
 
     def step() -> None:

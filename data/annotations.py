@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.text import clean_caption
-from utils.config import Config, annotation_path
+from data.text import has_words
+from utils.config import Config, annotation_path, query_languages
 from utils.errors import InputError
 
 
@@ -72,7 +72,7 @@ def _entry(path: Path, i: int, item: object) -> Entry:
     for j, c in enumerate(caps):
         if not isinstance(c, str):
             raise DataError(f"{where}: caption {j} must be a string, got {c!r}")
-        if not clean_caption(c):
+        if not has_words(c):
             raise DataError(f"{where}: caption {j} is empty or only punctuation: {c!r}")
     return Entry(fp, pid, tuple(caps))
 
@@ -110,6 +110,13 @@ def has_split(cfg: Config, split: str) -> bool:
     """Whether both language files of ``split`` exist (a val split is optional)."""
     return all(annotation_path(cfg, split, lang).is_file()
                for lang in (cfg.data.source_language, cfg.data.target_language))
+
+
+def split_languages(cfg: Config, split: str) -> list[str]:
+    """The query languages evaluated on ``split``: every evaluated language on test (checked
+    to exist before the run); on val, those with a val file, since the per-epoch selection
+    needs only the source and the target and the others are still evaluated on test at the end."""
+    return [lang for lang in query_languages(cfg) if split == "test" or annotation_path(cfg, split, lang).is_file()]
 
 
 def person_indices(ids: list[int]) -> dict[int, int]:

@@ -2,7 +2,8 @@
 
 Every random choice of a training sample (augmentation, image mask, MLM masks) comes from
 one generator seeded by (misc.seed, epoch, index), so a sample is the same whatever the
-number of processes or loader workers, and a resumed run sees the same data.
+number of processes or loader workers, and a resumed run sees the same data. Every sample
+draws its own image mask; ``collate_train`` decides whether a batch shares one (upstream).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from data.annotations import DataError, Entry, Pair, load_language, load_split, person_indices
-from data.text import clean_caption, mask_tokens, token_ids, tokenize
+from data.text import clean_for, mask_tokens, token_ids, tokenize
 from data.transforms import build_transforms
 from utils.config import Config
 
@@ -107,9 +108,9 @@ class TrainDataset(Dataset):
         self.num_persons = len(pid_of)
         self.image_of = np.array([i for i, p in enumerate(pairs) for _ in p.src_captions], dtype=np.int64)
         self.pid_of = np.array([pid_of[pairs[i].id] for i in self.image_of], dtype=np.int64)
-        length = cfg.experiment.text_length
-        self.src = TokenTable(token_ids(tokenizer, [clean_caption(c) for p in pairs for c in p.src_captions], length))
-        self.tgt = TokenTable(token_ids(tokenizer, [clean_caption(c) for p in pairs for c in p.tgt_captions], length))
+        length, clean = cfg.experiment.text_length, clean_for(cfg)
+        self.src = TokenTable(token_ids(tokenizer, [clean(c) for p in pairs for c in p.src_captions], length))
+        self.tgt = TokenTable(token_ids(tokenizer, [clean(c) for p in pairs for c in p.tgt_captions], length))
         self.transform = build_transforms(cfg, train=True)
         self.mask_gen = _mask_generator(cfg)
         self.bad = BadImageLog(len(self.paths))
@@ -203,7 +204,8 @@ def build_eval_data(cfg: Config, split: str, lang: str, tokenizer) -> EvalData:
     """Gallery = one entry per image; queries = every caption of the file."""
     entries: list[Entry] = load_language(cfg, split, lang)
     paths = [os.path.join(cfg.image_dir, e.file_path) for e in entries]
-    captions = [clean_caption(c) for e in entries for c in e.captions]
+    clean = clean_for(cfg)
+    captions = [clean(c) for e in entries for c in e.captions]
     ids, mask = tokenize(tokenizer, captions, cfg.experiment.text_length)
     return EvalData(
         split=split, lang=lang, gallery=GalleryDataset(cfg, paths),

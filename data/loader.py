@@ -22,10 +22,22 @@ def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     return out
 
 
-def collate_train(items: list[dict[str, Any]], pad_id: int = 1) -> dict[str, torch.Tensor]:
-    """Stack training samples; captions are padded per language to the longest in the batch."""
-    batch = {"images": torch.stack([it["image"] for it in items]),
-             "image_mask": torch.stack([it["image_mask"] for it in items])}
+def collate_train(items: list[dict[str, Any]], pad_id: int = 1, groups: int = 1,
+                  per_sample_mask: bool = False) -> dict[str, torch.Tensor]:
+    """Stack training samples; captions are padded per language to the longest in the batch.
+
+    The items form ``groups`` consecutive equal groups (the (virtual) processes' batches).
+    Upstream draws one D-MIM mask per process batch, so by default every row of a group
+    takes the mask of the group's first item; with ``per_sample_mask`` each row keeps its
+    own. Masks thus depend on the group's samples only, not on how groups map to processes.
+    """
+    if groups < 1 or len(items) % groups:
+        raise ValueError(f"a batch of {len(items)} samples cannot form {groups} equal groups")
+    masks = torch.stack([it["image_mask"] for it in items])
+    if not per_sample_mask:
+        size = len(items) // groups
+        masks = masks[::size].repeat_interleave(size, dim=0)
+    batch = {"images": torch.stack([it["image"] for it in items]), "image_mask": masks}
     for lang in ("src", "tgt"):
         ids = pad([it[f"{lang}_ids"] for it in items], pad_id)
         batch[f"{lang}_ids"], batch[f"{lang}_mask"] = ids, pad([[1] * len(it[f"{lang}_ids"]) for it in items], 0)
@@ -48,12 +60,15 @@ def build_train_loader(cfg: Config, tokenizer, rank: int = 0, world_size: int = 
     """
     ds = TrainDataset(cfg, tokenizer) if dataset is None else dataset
     try:
-        sampler = GlobalBatchSampler(len(ds), cfg.data.batch_size, rank, world_size, cfg.misc.seed,
+        sampler = GlobalBatchSampler(len(ds), cfg.data.batch_size * cfg.distributed.virtual_processes, rank,
+                                     world_size, cfg.misc.seed,
                                      persons=ds.pid_of, instances=cfg.data.num_instances)
     except ValueError as e:
         raise DataError(str(e)) from None
     return DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                      collate_fn=partial(collate_train, pad_id=tokenizer.pad_token_id),
+                      collate_fn=partial(collate_train, pad_id=tokenizer.pad_token_id,
+                                         groups=cfg.distributed.virtual_processes,
+                                         per_sample_mask=cfg.mim.per_sample_mask),
                       pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
 

@@ -45,6 +45,8 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Iterate ``epoch``'s order from global batch ``start_batch`` on (the engine passes the
+        batches a resumed run already trained; ``len`` counts the remaining ones)."""
         self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:

@@ -10,6 +10,8 @@ far from trivial, yet a tiny model learns it within a few CPU minutes.
 Writes, like a real benchmark laid out for this project:
 - ``imgs/{split}/{id}_{k}.png`` (PNG: byte-identical for a seed),
 - ``annos/{split}_reid_{lang}.json`` for lang in en, ch, fr, de: aligned translations,
+- ``annos/reference_levels.json``: per evaluation split, the metrics of an attribute-perfect
+  ranker (``attribute_ceiling``), which the evaluation report shows beside the model's,
 - ``text_encoder/``: a SentencePiece tokenizer trained on every caption of every language,
   loadable with ``AutoTokenizer.from_pretrained`` like xlm-roberta-base, and a small
   XLM-R ``config.json`` (no weights) for the demo model.
@@ -17,6 +19,7 @@ Writes, like a real benchmark laid out for this project:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import multiprocessing
@@ -26,11 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from data.synthetic_captions import LANGS, Identity, plan_caption, sample_identity, write_caption
+from data.synthetic_captions import (LANGS, Identity, Plan, mentioned_facets, plan_caption, sample_identity,
+                                     write_caption)
 from data.synthetic_render import render_person
 
 SPLITS = ("train", "val", "test")
 CAPTIONS_PER_IMAGE = 2
+REFERENCE_FILE = "reference_levels.json"  # in annos/: metrics of an attribute-perfect ranker per split
 
 
 def sample_identities(seed: int, counts: dict[str, int]) -> dict[str, list[tuple[int, Identity]]]:
@@ -56,18 +61,67 @@ def _render_one(job: tuple[int, int, int, Identity, tuple[int, int], str]) -> No
     render_person(ident, size, np.random.default_rng([seed, 1, pid, k])).save(path, format="PNG")
 
 
+def image_plans(seed: int, pid: int, ident: Identity, k: int) -> list[Plan]:
+    """The caption plans of image ``k`` of person ``pid`` (a pure function of the seed)."""
+    rng = np.random.default_rng([seed, 2, pid, k])
+    return [plan_caption(ident, rng) for _ in range(CAPTIONS_PER_IMAGE)]
+
+
 def build_annotations(seed: int, people: dict[str, list[tuple[int, Identity]]], images_per_id: int) -> dict[str, dict[str, list]]:
     """split -> lang -> entries; captions planned once per image and written in every language."""
     annos: dict[str, dict[str, list]] = {s: {lang: [] for lang in LANGS} for s in SPLITS}
     for split in SPLITS:
         for pid, ident in people[split]:
             for k in range(images_per_id):
-                rng = np.random.default_rng([seed, 2, pid, k])
-                plans = [plan_caption(ident, rng) for _ in range(CAPTIONS_PER_IMAGE)]
+                plans = image_plans(seed, pid, ident, k)
                 for lang in LANGS:
                     annos[split][lang].append({"file_path": f"{split}/{pid:05d}_{k}.png", "id": pid,
                                                "captions": [write_caption(ident, p, lang) for p in plans]})
     return annos
+
+
+def attribute_ceiling(seed: int, people: list[tuple[int, Identity]], images_per_id: int,
+                      orders: int = 20) -> dict[str, float]:
+    """Metrics of an attribute-perfect ranker on one split (queries and gallery as evaluation builds them).
+
+    Each gallery image scores the number of the caption's stated attribute values
+    (``mentioned_facets``) that its person has; ties are broken at random, and the metrics
+    averaged over ``orders`` random orders (R1 over ties exactly: hits in the top group /
+    its size). A model that reads every stated attribute correctly can do no better on
+    average; the captions alone cannot tell apart people who share them.
+    """
+    import torch
+
+    from utils.metrics import per_query_stats, summarize
+
+    names = [f.name for f in dataclasses.fields(Identity)]
+    codes: dict[tuple[str, object], int] = {}
+
+    def code(name: str, value: object) -> int:
+        return codes.setdefault((name, value), len(codes))
+
+    table = torch.tensor([[code(n, getattr(ident, n)) for n in names] for _, ident in people for _ in range(images_per_id)])
+    wanted, query_pids = [], []
+    for pid, ident in people:
+        for k in range(images_per_id):
+            for plan in image_plans(seed, pid, ident, k):
+                facets = mentioned_facets(ident, plan)
+                wanted.append([code(n, facets[n]) if n in facets else -1 for n in names])
+                query_pids.append(pid)
+    score = (torch.tensor(wanted)[:, None, :] == table[None]).sum(2).double()  # [Q, G]
+    gallery_pids = [pid for pid, _ in people for _ in range(images_per_id)]
+    relevant = torch.tensor(query_pids)[:, None] == torch.tensor(gallery_pids)[None, :]
+    top = score == score.amax(1, keepdim=True)
+    r1 = float(((top & relevant).sum(1) / top.sum(1)).mean() * 100)
+    gen = torch.Generator().manual_seed(seed)
+    runs = []
+    for _ in range(orders):
+        noisy = score + torch.rand(score.shape, generator=gen, dtype=torch.float64) * 0.5  # breaks ties only
+        order = torch.sort(noisy, dim=1, descending=True).indices
+        runs.append(summarize(per_query_stats(relevant.gather(1, order))))
+    out = {key: sum(r[key] for r in runs) / orders for key in ("R1", "R5", "R10", "mAP", "mINP")}
+    out["R1"] = r1
+    return out
 
 
 def _is_cjk(char: str) -> bool:
@@ -174,6 +228,9 @@ def generate(out: str | Path, seed: int = 0, train_ids: int = 800, val_ids: int 
         for lang in LANGS:
             (out / "annos" / f"{split}_reid_{lang}.json").write_text(
                 json.dumps(annos[split][lang], ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    levels = {split: {"ceiling": attribute_ceiling(seed, people[split], images_per_id)}
+              for split in ("val", "test") if counts[split]}
+    (out / "annos" / REFERENCE_FILE).write_text(json.dumps(levels, indent=2) + "\n")
     corpus = [c for split in SPLITS for lang in LANGS for e in annos[split][lang] for c in e["captions"]]
     write_text_encoder(corpus, out / "text_encoder", hidden_size)
     return {s: {"ids": counts[s], "images": counts[s] * images_per_id,

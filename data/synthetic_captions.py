@@ -110,6 +110,24 @@ def plan_caption(ident: Identity, rng: np.random.Generator) -> Plan:
     return Plan(tuple(chosen), int(rng.integers(3)), bool(rng.random() < 0.85))
 
 
+def mentioned_facets(ident: Identity, plan: Plan) -> dict[str, str]:
+    """The attribute values a caption of ``plan`` states about ``ident`` (in every language alike).
+
+    The gender is always stated (the subject); a plain pattern is never put into words, so
+    the pattern counts only when shown and not plain.
+    """
+    facets = {"gender": ident.gender}
+    fields = {"build": ("build",), "hair": ("hair_style", "hair_colour"), "upper": ("upper", "upper_colour"),
+              "lower": ("lower", "lower_colour"), "shoes": ("shoes_colour",), "bag": ("bag", "bag_colour"),
+              "hat": ("hat", "hat_colour"), "obj": ("obj",)}
+    for key in plan.keys:
+        for name in fields[key]:
+            facets[name] = getattr(ident, name)
+    if "upper" in plan.keys and plan.show_pattern and ident.pattern != "plain":
+        facets["pattern"] = ident.pattern
+    return facets
+
+
 def write_caption(ident: Identity, plan: Plan, lang: str) -> str:
     """The caption of ``plan`` in ``lang``."""
     return {"en": _en, "ch": _ch, "fr": _fr, "de": _de}[lang](ident, plan)

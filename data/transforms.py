@@ -1,4 +1,8 @@
-"""Image transforms of SPEC §6: resize, two distinct random operations (train), ImageNet normalisation."""
+"""Image transforms of SPEC §6 as upstream ``misc/data.py`` builds them.
+
+Train: bilinear resize -> tensor -> two random operations drawn with replacement -> ImageNet
+normalisation; test: bicubic antialiased resize -> tensor -> normalisation.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -27,44 +31,40 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-class TwoDistinctOps:
-    """Apply two different operations drawn (with torch's RNG) from the six of SPEC §6.
+class TwoRandomOps:
+    """Two of the six operations (the order of ``OP_NAMES``), drawn with replacement, applied to a [0, 1] tensor.
 
-    Jitter, rotation, crop and erasing always act; flip and grayscale keep torchvision's
-    default probabilities (0.5 and 0.1) as in the published pool of *random* operations:
-    always-grey images would contradict the colour words of a third of the captions.
-    Erasing works on the normalised tensor
-    (erased area = mean colour), the others on the PIL image; drawing with torch's RNG
-    lets the dataset make the whole transform reproducible from a per-sample seed.
+    Upstream draws with ``np.random.choice(ops, 2)``, so the same operation can come twice;
+    each keeps its own torchvision probability (flip 0.5, grayscale 0.1, erasing 0.5).
+    Erasing acts before normalisation, so its box is black. The draw uses torch's RNG so
+    the dataset's per-sample seed makes the whole transform reproducible.
     """
 
-    def __init__(self, height: int, width: int):
-        self.pil_ops: dict[int, Callable] = {
-            0: T.ColorJitter(0.1, 0.1, 0.1),
-            1: T.RandomRotation(15, interpolation=InterpolationMode.BILINEAR),
-            2: T.RandomResizedCrop((height, width), scale=(0.9, 1.0), interpolation=InterpolationMode.BICUBIC),
-            3: T.RandomGrayscale(p=0.1),
-            4: T.RandomHorizontalFlip(p=0.5),
-        }
-        self.erase = T.RandomErasing(p=1.0, scale=(0.1, 0.2), value=0)
-        self.finish = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
+    def __init__(self, height: int, width: int) -> None:
+        self.ops: list[Callable[[torch.Tensor], torch.Tensor]] = [
+            T.ColorJitter(0.1, 0.1, 0.1, 0),
+            T.RandomRotation(15),
+            T.RandomResizedCrop((height, width), scale=(0.9, 1.0), antialias=True),
+            T.RandomGrayscale(),
+            T.RandomHorizontalFlip(),
+            T.RandomErasing(scale=(0.10, 0.20)),
+        ]
 
     def choose(self) -> list[int]:
-        return torch.randperm(len(OP_NAMES))[:2].tolist()
+        """Indices of the two operations to apply, in order."""
+        return torch.randint(len(self.ops), (2,)).tolist()
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        ops = self.choose()
-        for k in ops:
-            if k in self.pil_ops:
-                img = self.pil_ops[k](img)
-        x = self.finish(img)
-        return self.erase(x) if 5 in ops else x
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for k in self.choose():
+            x = self.ops[k](x)
+        return x
 
 
 def build_transforms(cfg: Config, train: bool) -> Callable[[Image.Image], torch.Tensor]:
-    """Train: bicubic resize to input_resolution, two distinct random ops, normalise; test: resize + normalise."""
+    """Train: bilinear resize, tensor, two random ops, normalise; test: bicubic antialiased resize, tensor, normalise."""
     h, w = cfg.experiment.input_resolution
-    resize = T.Resize((h, w), interpolation=InterpolationMode.BICUBIC)
+    normalise = T.Normalize(MEAN, STD)
     if train:
-        return T.Compose([to_rgb, resize, TwoDistinctOps(h, w)])
-    return T.Compose([to_rgb, resize, T.ToTensor(), T.Normalize(MEAN, STD)])
+        return T.Compose([to_rgb, T.Resize((h, w)), T.ToTensor(), TwoRandomOps(h, w), normalise])
+    return T.Compose([to_rgb, T.Resize((h, w), interpolation=InterpolationMode.BICUBIC, antialias=True),
+                      T.ToTensor(), normalise])

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from engine.amp import amp_dtype, autocast_for
+from engine.amp import autocast, eval_dtype
 from engine.rerank import rerank_fast
 from utils.distributed import all_gather_no_grad, get_rank, get_world_size
 from utils.metrics import concat_stats, per_query_stats, summarize
@@ -31,6 +31,7 @@ TOP_KEEP = 10  # ranked gallery indices kept per query for reports and examples
 class EvalResult:
     metrics: dict[str, float]
     stats: dict[str, torch.Tensor]  # per query: first, ap, inp, valid, top (indices [Q, TOP_KEEP])
+    itc_metrics: dict[str, float] | None = None  # the same metrics before re-ranking (None when not re-ranked)
 
 
 def shard(n: int, rank: int, world: int) -> range:
@@ -45,22 +46,24 @@ def encode_gallery(model, data, batch_size: int, num_workers: int, device: torch
     """Image embeddings [G, 1+N, D] and global features [G, E] of the whole gallery.
 
     Embeddings are kept in the autocast dtype on CUDA (half the memory; the fusion
-    encoder casts them to it anyway), in fp32 otherwise.
+    encoder casts them to it anyway), in fp32 otherwise. A gallery with fewer images than
+    processes cannot give each process a share: every process then encodes all of it.
     """
-    if len(data.gallery) < get_world_size():
-        raise ValueError(f"gallery of {len(data.gallery)} images is smaller than the {get_world_size()} processes")
-    idx = shard(len(data.gallery), get_rank(), get_world_size())
+    shared = len(data.gallery) >= get_world_size()
+    idx = shard(len(data.gallery), get_rank(), get_world_size()) if shared else range(len(data.gallery))
     loader = DataLoader(Subset(data.gallery, list(idx)), batch_size=batch_size, num_workers=num_workers,
                         shuffle=False, pin_memory=device.type == "cuda")
-    store = amp_dtype(device) or torch.float32
+    dtype = eval_dtype(model.cfg, device)
+    store = dtype or torch.float32
     embeds, feats = [], []
     for images, _ in loader:
-        with autocast_for(device):
+        with autocast(dtype):
             e = model.encode_image(images.to(device, non_blocking=True))
             f = model.image_feature(e)
         embeds.append(e.to(store))
         feats.append(f.float())
-    return all_gather_no_grad(torch.cat(embeds)), all_gather_no_grad(torch.cat(feats))
+    embeds, feats = torch.cat(embeds), torch.cat(feats)
+    return (all_gather_no_grad(embeds), all_gather_no_grad(feats)) if shared else (embeds, feats)
 
 
 @torch.no_grad()
@@ -73,7 +76,7 @@ def encode_queries(model, ids: torch.Tensor, mask: torch.Tensor, target: bool, b
         m = mask[s:s + batch_size]
         length = int(m.sum(1).max()) if len(m) else 1
         i, m = ids[s:s + batch_size, :length].to(device), m[:, :length].to(device)
-        with autocast_for(device):
+        with autocast(eval_dtype(model.cfg, device)):
             e = model.encode_text(i, m)
             f = model.text_feature(e, target=target)
         embeds.append((e.float(), m))
@@ -135,10 +138,12 @@ def evaluate(model, data, *, target: bool, k_test: int, batch_size: int, num_wor
         topk = torch.cat(topk) if topk else torch.zeros(0, k, dtype=torch.long, device=device)
         scores = rerank_fast(model, text, topk, g_embeds, chunk=chunk, batch_size=batch_size, device=device,
                              kv_budget=kv_budget)
-    parts = []
+    parts, itc_parts = [], []
     for s in starts:
         order = similarity_order(q_feats[s:s + chunk] @ g_feats.t())
         if scores is not None:
+            itc = per_query_stats(g_pids[order] == q_pids[s:s + chunk, None])
+            itc_parts.append({key: itc[key].cpu() for key in ("first", "ap", "inp", "valid")})
             order = apply_rerank(order, k, scores[s:s + chunk])
         st = per_query_stats(g_pids[order] == q_pids[s:s + chunk, None])
         st["top"] = order[:, :TOP_KEEP]
@@ -150,4 +155,8 @@ def evaluate(model, data, *, target: bool, k_test: int, batch_size: int, num_wor
                  "valid": torch.zeros(0, dtype=torch.bool),
                  "top": torch.zeros(0, min(TOP_KEEP, g_feats.shape[0]), dtype=torch.long)}
     stats = {key: all_gather_no_grad(v.to(device)).cpu() for key, v in local.items()}
-    return EvalResult(summarize(stats), stats)
+    itc_metrics = None
+    if scores is not None:  # every process re-ranks or none does (same k), so the gathers match
+        local_itc = concat_stats(itc_parts) if itc_parts else {key: local[key] for key in ("first", "ap", "inp", "valid")}
+        itc_metrics = summarize({key: all_gather_no_grad(v.to(device)).cpu() for key, v in local_itc.items()})
+    return EvalResult(summarize(stats), stats, itc_metrics)

@@ -18,6 +18,8 @@ always has the original caption.
 from __future__ import annotations
 
 import functools
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from data.synthetic import REFERENCE_FILE  # written next to the annotations
 from utils.checkpoint import atomic_write
 from utils.metrics import cmc_curve
 
@@ -258,10 +261,24 @@ def metric_table(metrics: dict[str, float]) -> list[str]:
     return ["| " + " | ".join(metrics) + " |", "|" + "---|" * len(metrics), "| " + " | ".join(cells) + " |"]
 
 
-def markdown(results: dict[str, EvalResult], sets: dict[str, EvalData], split: str) -> str:
+SUMMARY_METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+
+
+def summary_table(results: dict[str, EvalResult], notes: dict[str, dict[str, str]] | None) -> list[str]:
+    """One row per query language: its notes (e.g. role, projection, checkpoint), then the main metrics."""
+    cols = list(next(iter(notes.values()))) if notes else []
+    keys = [k for k in SUMMARY_METRICS if all(k in r.metrics for r in results.values())]
+    rows = [[lang, *(notes[lang][c] for c in cols), *(f"{r.metrics[k]:.2f}" for k in keys)] for lang, r in results.items()]
+    return ["| " + " | ".join(["language", *cols, *keys]) + " |", "|" + "---|" * (1 + len(cols) + len(keys)),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def markdown(results: dict[str, EvalResult], sets: dict[str, EvalData], split: str,
+             notes: dict[str, dict[str, str]] | None = None, ceiling: dict[str, float] | None = None) -> str:
     lines = [f"# Evaluation report ({split} split)", "",
              "Metrics in percent over the queries that have a match in the gallery (SPEC §8); "
-             "the same numbers as metrics.json.", "", "![CMC curve](cmc.png)", "",
+             "the same numbers as metrics.json.", "", *summary_table(results, notes), "",
+             "Reference levels:", "", *reference_table(results, sets, ceiling), "", "![CMC curve](cmc.png)", "",
              "![Example queries](examples.png)", ""]
     for lang, r in results.items():
         data = sets[lang]
@@ -280,10 +297,77 @@ def markdown(results: dict[str, EvalResult], sets: dict[str, EvalData], split: s
     return "\n".join(lines)
 
 
-def write_reports(out: Path, results: dict[str, EvalResult], sets: dict[str, EvalData], split: str) -> None:
-    """report.md, cmc.png and examples.png in ``out`` for one evaluation (results and sets per language)."""
+# ------------------------------------------------------------------------ reference levels
+
+
+def chance_levels(gallery_pids: torch.Tensor, query_pids: torch.Tensor) -> dict[str, float]:
+    """Expected metrics (percent) of a uniformly random ranking, from the relevance counts alone.
+
+    A query with n of the G gallery images relevant: Rank-k = 1 - C(G-n, k) / C(G, k);
+    AP = H_G / G + (n - 1)(G - H_G) / (G (G - 1)) (H_G the harmonic number; from
+    E[rel_j rel_k] over pairs of positions); INP = sum over the last relevant position m of
+    (n / m) C(m-1, n-1) / C(G, n). Averaged over the queries that have a relevant image.
+    """
+    g = len(gallery_pids)
+    counts = [int(n) for n in (query_pids[:, None] == gallery_pids[None, :]).sum(1).tolist() if n > 0]
+    if not counts:
+        raise ValueError("no query has a relevant gallery image")
+    harmonic = sum(1.0 / j for j in range(1, g + 1))
+
+    def rank_k(n: int, k: int) -> float:
+        return 1.0 - math.comb(g - n, min(k, g)) / math.comb(g, min(k, g))
+
+    def ap(n: int) -> float:
+        return harmonic / g + ((n - 1) * (g - harmonic) / (g * (g - 1)) if g > 1 else 0.0)
+
+    def inp(n: int) -> float:
+        return sum(n / m * math.comb(m - 1, n - 1) for m in range(n, g + 1)) / math.comb(g, n)
+
+    per_n = {n: {"R1": rank_k(n, 1), "R5": rank_k(n, 5), "R10": rank_k(n, 10), "mAP": ap(n), "mINP": inp(n)}
+             for n in set(counts)}
+    return {key: 100.0 * sum(per_n[n][key] for n in counts) / len(counts) for key in SUMMARY_METRICS}
+
+
+def read_ceiling(reference_dir: str | os.PathLike | None, split: str) -> dict[str, float] | None:
+    """The attribute-perfect ranker's metrics for ``split`` from ``reference_dir/reference_levels.json``, if any."""
+    if reference_dir is None:
+        return None
+    path = Path(reference_dir) / REFERENCE_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get(split, {}).get("ceiling")
+
+
+def reference_table(results: dict[str, EvalResult], sets: dict[str, EvalData],
+                    ceiling: dict[str, float] | None) -> list[str]:
+    """Per language: chance, the attribute ceiling (when known), the model before (ITC only) and after re-ranking.
+
+    Puts the model's figures on a scale: near the chance row the model has learned
+    nothing; the ceiling row is what reading every stated attribute correctly would give.
+    """
+    head = ["| language | ranking | " + " | ".join(SUMMARY_METRICS) + " |", "|" + "---|" * (2 + len(SUMMARY_METRICS))]
+    rows = []
+    for lang, r in results.items():
+        levels = [("chance (random order)", chance_levels(sets[lang].gallery_pids, sets[lang].query_pids))]
+        if ceiling:
+            levels.append(("ceiling (attribute-perfect ranker)", ceiling))
+        if r.itc_metrics is not None:
+            levels += [("model, ITC similarity only", r.itc_metrics), ("model, re-ranked (ITM)", r.metrics)]
+        else:
+            levels.append(("model", r.metrics))
+        rows += [f"| {lang} | {name} | " + " | ".join(f"{m[k]:.2f}" for k in SUMMARY_METRICS) + " |"
+                 for name, m in levels]
+    return head + rows
+
+
+def write_reports(out: Path, results: dict[str, EvalResult], sets: dict[str, EvalData], split: str,
+                  notes: dict[str, dict[str, str]] | None = None, reference_dir: str | None = None) -> None:
+    """report.md, cmc.png and examples.png in ``out`` for one evaluation (results and sets per
+    language, any number of languages); ``notes`` per language (same keys for each: e.g.
+    role, projection, checkpoint) become columns of report.md's summary table; ``reference_dir``
+    (the annotation folder) may hold the ceiling of ``reference_table``."""
     out = Path(out)
-    text = markdown(results, sets, split)
+    text = markdown(results, sets, split, notes, read_ceiling(reference_dir, split))
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     draw_cmc(results, out / "cmc.png", split)
     save_png(draw_examples(results, sets), out / "examples.png")

@@ -11,25 +11,27 @@ Two implementations with the same scores:
   they are computed once per gallery image and fusion layer and gathered per pair; pairs
   are batched across queries sorted by caption length and trimmed to the longest caption
   of the batch; the first layer's self-attention runs once per caption and the last layer
-  only for token 0 (``BiIRRA.itm_score_pairs``); bf16 autocast on CUDA.
+  only for token 0 (``BiIRRA.itm_score_pairs``); fp32 unless ``model.eval_amp``.
 
 Memory: the cached keys/values take ``layers * 2 * (1 + N) * D * bytes`` per image
 (:func:`kv_bytes_per_image`). The images needed (the union of all candidates) are cached
-in blocks that fit ``kv_budget`` bytes; with more than one block, the captions are encoded
+in blocks that fit ``kv_budget`` bytes (by default this process's share of the node's
+memory, :func:`default_kv_budget`); with more than one block, the captions are encoded
 again per block (about 1% of the re-ranking work per extra block at full size) instead of
 recomputing image keys/values, so every image's keys/values are computed exactly once.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
-from engine.amp import amp_dtype, autocast_for
+from engine.amp import autocast, eval_dtype
 from model.fusion import KV
 
-KV_BUDGET_CAP = 16 * 2**30  # bytes; default cap on the cached image keys/values
+KV_BUDGET_CAP = 16 * 2**30  # bytes; default cap on the cached image keys/values of one node (CPU) or GPU
 
 TextSource = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
 """``text(start, stop)`` -> (embeddings [n, L, D], mask [n, L]) of queries start..stop-1."""
@@ -50,15 +52,15 @@ def rerank_reference(model, text_embeds: torch.Tensor, text_mask: torch.Tensor, 
             idx = topk[q, s:s + batch_size]
             n = len(idx)
             images = gallery_embeds[idx.to(gallery_embeds.device)].to(device)
-            with autocast_for(device):
+            with autocast(eval_dtype(model.cfg, device)):
                 out = model.itm_score(e.expand(n, -1, -1), m.expand(n, -1), images)
             scores[q, s:s + n] = out.float()
     return scores
 
 
-def kv_dtype(device: torch.device, embeds_dtype: torch.dtype) -> torch.dtype:
-    """Dtype of the cached keys/values: the autocast dtype on CUDA, else the embeddings' dtype."""
-    return amp_dtype(device) or embeds_dtype
+def kv_dtype(model, device: torch.device, embeds_dtype: torch.dtype) -> torch.dtype:
+    """Dtype of the cached keys/values: the evaluation autocast dtype if any, else the embeddings' dtype."""
+    return eval_dtype(model.cfg, device) or embeds_dtype
 
 
 def kv_bytes_per_image(model, tokens: int, dtype: torch.dtype) -> int:
@@ -67,18 +69,28 @@ def kv_bytes_per_image(model, tokens: int, dtype: torch.dtype) -> int:
     return len(model.cross_encoder.layer) * 2 * tokens * hidden * torch.finfo(dtype).bits // 8
 
 
+def available_memory() -> int:
+    """Bytes of host memory available now (MemAvailable), or twice the cap where that is unknown."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return KV_BUDGET_CAP * 2
+
+
+def processes_sharing(device: torch.device) -> int:
+    """Processes of this node that draw on ``device``'s memory: on the CPU all of them
+    (torchrun's LOCAL_WORLD_SIZE); on CUDA one, since each process binds its own GPU."""
+    return 1 if device.type == "cuda" else max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def default_kv_budget(device: torch.device) -> int:
-    """Half of the memory free now on ``device``, at most ``KV_BUDGET_CAP`` (16 GiB)."""
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        free = KV_BUDGET_CAP * 2
-        meminfo = Path("/proc/meminfo")
-        if meminfo.exists():
-            for line in meminfo.read_text().splitlines():
-                if line.startswith("MemAvailable:"):
-                    free = int(line.split()[1]) * 1024
-    return min(KV_BUDGET_CAP, free // 2)
+    """This process's share of the key/value cache: half of the memory free now on ``device``,
+    at most ``KV_BUDGET_CAP`` (16 GiB), divided among the processes that share that memory
+    (:func:`processes_sharing`), so that a node's processes together stay within it."""
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
+    return min(KV_BUDGET_CAP, free // 2) // processes_sharing(device)
 
 
 @torch.no_grad()
@@ -94,7 +106,7 @@ def image_kv_block(model, gallery_embeds: torch.Tensor, ids: torch.Tensor, batch
     store: list[KV] = []
     for s in range(0, len(ids), batch_size):
         idx = ids[s:s + batch_size]
-        with autocast_for(device):
+        with autocast(eval_dtype(model.cfg, device)):
             kv = model.image_kv(gallery_embeds[idx.to(gallery_embeds.device)].to(device))
         if not store:
             store = [(k.new_empty((len(ids), *k.shape[1:])), v.new_empty((len(ids), *v.shape[1:]))) for k, v in kv]
@@ -178,7 +190,7 @@ def score_pairs(model, embeds: torch.Tensor, mask: torch.Tensor, pair_query: tor
         sel = order[s:e]
         texts, pair_text = torch.unique_consecutive(pair_query[sel], return_inverse=True)
         length = pair_len[e - 1]
-        with autocast_for(device):
+        with autocast(eval_dtype(model.cfg, device)):
             scores = model.itm_score_pairs(embeds[texts, :length], mask[texts, :length], pair_text,
                                            pair_kv.select(pair_row[sel]))
         out[sel] = scores.float()
@@ -190,7 +202,7 @@ def kv_blocks(model, gallery_embeds: torch.Tensor, topk: torch.Tensor, kv_budget
     """(gallery ids, their cached keys/values) for every image in ``topk``, in blocks of at
     most ``kv_budget`` bytes (default :func:`default_kv_budget`). Drop each block before
     asking for the next, so that only one is alive."""
-    per_image = kv_bytes_per_image(model, gallery_embeds.shape[1], kv_dtype(device, gallery_embeds.dtype))
+    per_image = kv_bytes_per_image(model, gallery_embeds.shape[1], kv_dtype(model, device, gallery_embeds.dtype))
     budget = default_kv_budget(device) if kv_budget is None else kv_budget
     for ids in torch.unique(topk).split(max(1, budget // per_image)):
         yield ids, image_kv_block(model, gallery_embeds, ids, batch_size, device)
@@ -235,6 +247,6 @@ def rerank_fast(model, text: TextSource, topk: torch.Tensor, gallery_embeds: tor
     return scores
 
 
-__all__ = ["KV_BUDGET_CAP", "PairKV", "TextSource", "cpu_max_tokens", "cpu_rows", "default_kv_budget", "image_kv_block",
-           "kv_blocks", "kv_bytes_per_image", "kv_dtype", "pair_batches", "rerank_fast", "rerank_reference",
-           "score_block", "score_pairs"]
+__all__ = ["KV_BUDGET_CAP", "PairKV", "TextSource", "available_memory", "cpu_max_tokens", "cpu_rows", "default_kv_budget",
+           "image_kv_block", "kv_blocks", "kv_bytes_per_image", "kv_dtype", "pair_batches", "processes_sharing",
+           "rerank_fast", "rerank_reference", "score_block", "score_pairs"]

@@ -11,10 +11,11 @@ and its top ``model.k_test`` images (at most the gallery size) are re-ranked by 
 head. Scores are ITM scores (match minus non-match logit) for re-ranked images and
 cosine similarities for the others.
 
-Language: captions in the config's target language (``data.target_language``) go
-through ``tl_text_proj``; every other language, including fr/de for a model trained on
-en/ch, goes through ``text_proj``, as source-language captions do in training. ``lang``
-defaults to the source language.
+Language: any language code (XLM-R reads about 100 languages). Captions in the config's
+target language and in ``data.tl_proj_languages`` go through ``tl_text_proj``; every other
+language, including fr/de for a model trained on en/ch, goes through ``text_proj``, as
+source-language captions do in training (``utils.config.uses_tl_proj``, as evaluation).
+``lang`` defaults to the source language.
 """
 from __future__ import annotations
 
@@ -31,12 +32,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.datasets import GalleryDataset
-from data.text import clean_caption, tokenize
-from engine.amp import autocast_for
+from data.text import clean_for, has_words, tokenize
+from engine.amp import autocast, eval_dtype
 from engine.rerank import rerank_fast
 from model import build_model, load_finetuned
 from utils.checkpoint import CheckpointError, load_safe, read_checkpoint, save_atomic
-from utils.config import LANGUAGES, Config, config_from_dict
+from utils.config import Config, config_from_dict, uses_tl_proj
 from utils.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class Retriever:
                             num_workers=self.cfg.data.num_workers, shuffle=False)
         embeds, feats = [], []
         for images, _ in loader:
-            with autocast_for(self.device):
+            with autocast(eval_dtype(self.model.cfg, self.device)):
                 e = self.model.encode_image(images.to(self.device))
                 f = self.model.image_feature(e)
             embeds.append(e.float())
@@ -184,18 +185,15 @@ class Retriever:
         if top_k < 1:
             raise RetrievalError(f"top_k must be at least 1, got {top_k}")
         lang = lang or self.cfg.data.source_language
-        if lang not in LANGUAGES:
-            raise RetrievalError(f"unsupported query language '{lang}' (supported: {', '.join(LANGUAGES)})")
-        caption = clean_caption(text)
-        if not caption:
+        if not has_words(text):
             raise RetrievalError(f"the query is empty after cleaning (punctuation and symbols are removed): {text!r}")
-        ids, mask = tokenize(self.tokenizer, [caption], self.cfg.experiment.text_length)
+        ids, mask = tokenize(self.tokenizer, [clean_for(self.cfg)(text)], self.cfg.experiment.text_length)
         length = int(mask.sum())
         ids, mask = ids[:, :length].to(self.device), mask[:, :length].to(self.device)
         g = self.gallery
-        with autocast_for(self.device):
+        with autocast(eval_dtype(self.model.cfg, self.device)):
             embeds = self.model.encode_text(ids, mask)
-            feat = self.model.text_feature(embeds, target=lang == self.cfg.data.target_language)
+            feat = self.model.text_feature(embeds, target=uses_tl_proj(self.cfg, lang))
         sim = (feat.float() @ g.feats.t())[0]
         order = torch.sort(sim, descending=True, stable=True).indices
         scores = sim[order]

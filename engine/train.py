@@ -2,14 +2,23 @@
 
 Outputs under ``model.saved_path``: ``config.yaml`` (resolved config), ``log.jsonl``
 (logged steps and evaluations), ``checkpoint_last.pth`` (full training state, written
-atomically after every epoch), ``best_<lang>.pth`` (weights of the best epoch per
-language) and ``metrics.json`` (test metrics per language).
+atomically after every epoch and, with ``schedule.save_every_steps`` N > 0, every N
+steps), ``best_<lang>.pth`` (weights of the best epoch per language) and
+``metrics.json`` (test metrics per language).
+
+``Trainer.train`` only sequences the parts, each a short method with one job (as
+OpenCLIP splits ``train_one_epoch`` / ``evaluate``): :meth:`Trainer.train_one_epoch`
+runs the batches, :meth:`Trainer.train_step` one optimizer step, :meth:`Trainer.end_epoch`
+evaluates and writes checkpoints, :meth:`Trainer.save_last` / :meth:`Trainer.resume_from`
+write and read the training state.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +27,42 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from data.annotations import has_split
+from data.annotations import has_split, split_languages
 from data.loader import build_eval_data, build_train_loader
-from engine.amp import amp_dtype, autocast_for
+from engine.amp import autocast, needs_grad_scaler, train_dtype
 from engine.evaluate import EvalResult, evaluate
 from engine.optim import build_optimizer, build_scheduler
 from engine.report import write_reports
+from engine.virtual import VirtualProcesses, seed_step
 from model import build_model, build_tokenizer, load_finetuned
-from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_write, read_checkpoint, save_atomic
-from utils.config import Config, save_config
+from utils.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, atomic_write, get_rng_state, read_checkpoint,
+                              save_atomic, set_rng_state)
+from utils.config import Config, query_languages, save_config, uses_tl_proj
 from utils.distributed import DistInfo, all_gather_object, all_reduce_mean, barrier, is_dist
 from utils.errors import TrainingError
 from utils.logging import JsonlLog, format_table, info
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DDP) else model
 
 
 def languages(cfg: Config) -> list[tuple[str, bool]]:
-    """(language, is_target) for the source and the target language."""
-    return [(cfg.data.source_language, False), (cfg.data.target_language, True)]
+    """(language, uses tl_text_proj) for every evaluated query language: the source, the
+    target, then ``data.eval_languages`` (see utils.config.query_languages / uses_tl_proj)."""
+    return [(lang, uses_tl_proj(cfg, lang)) for lang in query_languages(cfg)]
+
+
+def final_checkpoint(cfg: Config, lang: str) -> str:
+    """The best checkpoint that the final test evaluation of ``lang`` uses.
+
+    Only the source and the target language select a checkpoint (``best_<lang>.pth``);
+    another language is evaluated with the best checkpoint of the language whose
+    projection it shares: the target's for ``data.tl_proj_languages``, else the source's.
+    """
+    d = cfg.data
+    own = lang if lang in (d.source_language, d.target_language) else None
+    return f"best_{own or (d.target_language if uses_tl_proj(cfg, lang) else d.source_language)}.pth"
 
 
 def selection_split(cfg: Config) -> str:
@@ -54,7 +79,8 @@ def evaluate_language(model: nn.Module, cfg: Config, data: Any, target: bool, de
 
 
 def evaluate_languages(model: nn.Module, cfg: Config, sets: dict[str, Any], device: torch.device) -> dict[str, EvalResult]:
-    return {lang: evaluate_language(model, cfg, sets[lang], target, device) for lang, target in languages(cfg)}
+    """Every language of ``sets``, in query-language order, each with its projection."""
+    return {lang: evaluate_language(model, cfg, sets[lang], tl, device) for lang, tl in languages(cfg) if lang in sets}
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -78,12 +104,36 @@ def check_finite(losses: dict[str, torch.Tensor]) -> str | None:
     return names[0] if names else None
 
 
+def set_deterministic(on: bool) -> None:
+    """``misc.deterministic``: PyTorch's deterministic algorithms, so that two CUDA runs (a
+    resumed one too) repeat bit for bit. Costs: kernels that reduce with atomics are
+    replaced by slower ordered ones, cuDNN autotuning is off, cuBLAS uses a fixed
+    workspace (``CUBLAS_WORKSPACE_CONFIG``, set here unless the user set it), and an
+    operation without a deterministic implementation stops the run with PyTorch's error.
+    On the CPU, PyTorch's kernels are deterministic already; it changes nothing there."""
+    if not on:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read at cuBLAS's first use, which comes later
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+@dataclass
+class Position:
+    """Where training stands: ``epoch`` epochs completed, ``batch`` batches of the next one
+    done, ``step`` optimizer steps (scheduler iterations) in all."""
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
 class Trainer:
     def __init__(self, cfg: Config, dist: DistInfo):
         self.cfg, self.dist, self.device = cfg, dist, dist.device
         self.out = Path(cfg.model.saved_path)
         self.log = JsonlLog(self.out / "log.jsonl")
-        torch.manual_seed(cfg.misc.seed + dist.rank)
+        set_deterministic(cfg.misc.deterministic)
+        torch.manual_seed(cfg.misc.seed + dist.rank)  # seeds the CPU and every CUDA generator
         self.loader = None
         self.num_ids = 0
 
@@ -98,16 +148,29 @@ class Trainer:
         self.model.to(self.device)
 
     def eval_sets(self, split: str) -> dict[str, Any]:
-        return {lang: build_eval_data(self.cfg, split, lang, self.tokenizer) for lang, _ in languages(self.cfg)}
+        """The evaluation sets of ``split`` per query language (see data.annotations.split_languages)."""
+        langs = split_languages(self.cfg, split)
+        absent = [lang for lang in query_languages(self.cfg) if lang not in langs]
+        if absent:
+            info(f"no {split} file for {', '.join(absent)}: evaluated on test at the end only")
+        return {lang: build_eval_data(self.cfg, split, lang, self.tokenizer) for lang in langs}
 
-    def finish(self, results: dict[str, EvalResult], sets: dict[str, Any], split: str) -> dict[str, dict[str, float]]:
+    def finish(self, results: dict[str, EvalResult], sets: dict[str, Any], split: str,
+               checkpoints: dict[str, str]) -> dict[str, dict[str, float]]:
+        """metrics.json, the reports, the console table and the log's final record; ``checkpoints``
+        names the weights each language was evaluated with."""
+        cfg = self.cfg
         metrics = {lang: r.metrics for lang, r in results.items()}
+        trained = (cfg.data.source_language, cfg.data.target_language)
+        notes = {lang: {"role": "source" if lang == trained[0] else "target" if lang == trained[1] else "zero-shot",
+                        "projection": "tl_text_proj" if uses_tl_proj(cfg, lang) else "text_proj",
+                        "checkpoint": checkpoints[lang]} for lang in results}
         if self.dist.is_main:
             atomic_write(self.out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
-            write_reports(self.out, results, sets, split)
-            print(f"{split} results ({self.cfg.model.saved_path}):")
+            write_reports(self.out, results, sets, split, notes, reference_dir=cfg.anno_dir)
+            print(f"{split} results ({cfg.model.saved_path}):")
             print(format_table(metrics), flush=True)
-        self.log.write("final", split=split, metrics=metrics)
+        self.log.write("final", split=split, metrics=metrics, languages=notes)
         return metrics
 
     def evaluate_checkpoint(self, path: str) -> dict[str, dict[str, float]]:
@@ -116,106 +179,208 @@ class Trainer:
         self.setup_model(for_training=False)
         load_model_weights(self.model, path, ckpt)
         sets = self.eval_sets("test")
-        return self.finish(evaluate_languages(self.model, self.cfg, sets, self.device), sets, "test")
+        return self.finish(evaluate_languages(self.model, self.cfg, sets, self.device), sets, "test",
+                           {lang: Path(path).name for lang in sets})
 
+    # ------------------------------------------------------------------ training
     def train(self, resume: str | None = None) -> dict[str, dict[str, float]]:
-        cfg, dev = self.cfg, self.device
+        """Train (from ``resume``'s state when given), select the best epoch per language, test it."""
         self.setup_model(for_training=True)
-        model: nn.Module = self.model
-        ddp = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None) if self.dist.distributed else model
-        steps_per_epoch = len(self.loader.batch_sampler)
-        optimizer = build_optimizer(model, cfg.schedule)
-        scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch)
-        dtype = amp_dtype(dev)
-        scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-        start_epoch, step, best = 0, 0, {}
-        if resume:
-            ckpt = load_model_weights(model, resume)
-            if "optimizer" not in ckpt:
-                raise CheckpointError(f"{resume}: holds weights only, no training state; use it with --eval-only")
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            start_epoch, step, best = ckpt["epoch"], ckpt["step"], ckpt["best"]
-            torch.set_rng_state(ckpt["rng"][self.dist.rank % len(ckpt["rng"])])
-            info(f"resumed from {resume}: epoch {start_epoch}, step {step}")
-        split = selection_split(cfg)
+        self.setup_optimization()
+        rng = self.resume_from(resume) if resume else None
+        split = selection_split(self.cfg)
         sets = self.eval_sets(split)
         if self.dist.is_main:  # only now that every input has loaded, so a bad input leaves nothing behind
-            save_config(cfg, self.out / "config.yaml")
-        skipped = 0
-        for epoch in range(start_epoch, cfg.schedule.epoch):
-            self.loader.batch_sampler.set_epoch(epoch)
-            self.loader.dataset.set_epoch(epoch)
-            model.train()
-            bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.schedule.epoch}", disable=not self.dist.is_main,
-                       dynamic_ncols=True, leave=True)
-            t_last = time.perf_counter()
-            for batch in bar:
-                batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-                with autocast_for(dev):
-                    losses = ddp(batch)
-                bad = check_finite(losses)
-                if bad is not None:
-                    if not cfg.schedule.skip_nonfinite:
-                        raise TrainingError(f"non-finite loss '{bad}' at epoch {epoch + 1}, step {step} "
-                                            "(no weights written for this step; set schedule.skip_nonfinite=true to skip such steps)")
-                    skipped += 1
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                    step += 1
-                    self.log.write("skip", step=step, epoch=epoch + 1, term=bad)
-                    continue
-                total = sum(losses.values())
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                if cfg.schedule.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.schedule.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
+            save_config(self.cfg, self.out / "config.yaml")
+        for epoch in range(self.pos.epoch, self.cfg.schedule.epoch):
+            self.train_one_epoch(epoch, rng)
+            rng = None
+            self.end_epoch(epoch, sets, split)
+        if self.skipped:
+            info(f"skipped {self.skipped} step(s) with a non-finite loss")
+        return self.test_best(sets, split)
+
+    def setup_optimization(self) -> None:
+        """DDP wrapper, optimizer, learning-rate schedule, AMP scaler and a fresh position."""
+        cfg, dev = self.cfg, self.device
+        self.ddp = DDP(self.model, device_ids=[dev.index] if dev.type == "cuda" else None) \
+            if self.dist.distributed else self.model
+        self.steps_per_epoch = len(self.loader.batch_sampler)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch)
+        self.dtype = dtype = train_dtype(cfg, dev)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(dtype))
+        self.virtual = VirtualProcesses(cfg, self.model, self.ddp, dtype) \
+            if cfg.distributed.virtual_processes > 1 else None
+        self.pos, self.best, self.skipped = Position(), {}, 0
+
+    def train_one_epoch(self, epoch: int, rng: dict[str, torch.Tensor] | None) -> None:
+        """The batches of ``epoch`` from ``self.pos.batch`` on. ``rng`` (a mid-epoch resume):
+        generator states to restore once the epoch's loader iterator exists, since creating
+        it draws a seed from the CPU generator, as it did in the interrupted run."""
+        cfg = self.cfg
+        self.loader.batch_sampler.set_epoch(epoch, self.pos.batch)
+        self.loader.dataset.set_epoch(epoch)
+        self.model.train()
+        batches = iter(self.loader)
+        if rng is not None:
+            set_rng_state(rng, self.device)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.schedule.epoch}", disable=not self.dist.is_main,
+                   dynamic_ncols=True, leave=True, initial=self.pos.batch, total=self.steps_per_epoch)
+        t_last = time.perf_counter()
+        for batch in bar:
+            losses = self.train_step(batch, epoch)
+            if losses is not None:
                 now = time.perf_counter()
                 rate = len(batch["pids"]) * self.dist.world_size / max(now - t_last, 1e-9)
                 t_last = now
-                if step % cfg.log.print_period == 0 or step == 1:
-                    vals = {k: float(all_reduce_mean(v.detach())) for k, v in losses.items()}
-                    lr = optimizer.param_groups[0]["lr"]
-                    bar.set_postfix({**{k: f"{v:.3f}" for k, v in vals.items()}, "lr": f"{lr:.2e}", "samples/s": f"{rate:.1f}"})
-                    self.log.write("step", epoch=epoch + 1, step=step, lr=lr, samples_per_s=round(rate, 2),
-                                   loss=sum(vals.values()), **vals)
-            bar.close()
-            bad_images = self.loader.dataset.skipped
-            if bad_images:
-                info(f"epoch {epoch + 1}: skipped {bad_images} unreadable image(s) so far")
-            results = evaluate_languages(model, cfg, sets, dev)
-            metrics = {lang: r.metrics for lang, r in results.items()}
-            self.log.write("eval", epoch=epoch + 1, step=step, split=split, metrics=metrics)
-            info(f"epoch {epoch + 1} {split}:\n{format_table(metrics)}")
-            if self.dist.is_main:
-                write_reports(self.out, results, sets, split)
-            improved = [lang for lang, m in metrics.items()
-                        if lang not in best or (m["R1"], m["mAP"]) > (best[lang]["R1"], best[lang]["mAP"])]
+                self.log_step(losses, epoch, rate, bar)
+            every = cfg.schedule.save_every_steps
+            if every and self.pos.step % every == 0:
+                self.save_last()
+        bar.close()
+
+    def train_step(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor] | None:
+        """Forward, backward and optimizer step on one batch, then ``self.pos`` advances; None
+        when the step was skipped for a non-finite loss (``schedule.skip_nonfinite``: no
+        update, but the schedule and the position advance, and the skip is logged)."""
+        cfg, dev = self.cfg, self.device
+        optimizer, scheduler, scaler = self.optimizer, self.scheduler, self.scaler
+        batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+        optimizer.zero_grad(set_to_none=True)
+        losses, bad = self.forward_backward(batch)
+        if bad is not None:
+            if not cfg.schedule.skip_nonfinite:
+                raise TrainingError(f"non-finite loss '{bad}' at epoch {epoch + 1}, step {self.pos.step} "
+                                    "(no weights written for this step; set schedule.skip_nonfinite=true to skip such steps)")
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            self.advance()
+            self.skipped += 1
+            self.log.write("skip", step=self.pos.step, epoch=epoch + 1, term=bad)
+            return None
+        if cfg.schedule.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.schedule.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        self.advance()
+        return losses
+
+    def forward_backward(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str | None]:
+        """Accumulate this step's gradients; returns the losses to log and the first non-finite
+        term (None when all are finite; then nothing was back-propagated). Each (step, process)
+        draws from its own seed, so virtual processes and resumed runs draw the same numbers."""
+        if self.virtual is not None:
+            return self.virtual.forward_backward(batch, self.pos.step, self.scaler, check_finite)
+        seed_step(self.cfg.misc.seed, self.pos.step, self.dist.rank)
+        with autocast(self.dtype):
+            losses = self.ddp(batch)
+        bad = check_finite(losses)
+        if bad is None:
+            self.scaler.scale(sum(losses.values())).backward()
+        return losses, bad
+
+    def advance(self) -> None:
+        """One batch and one scheduler iteration done."""
+        self.pos.batch += 1
+        self.pos.step += 1
+
+    def log_step(self, losses: dict[str, torch.Tensor], epoch: int, rate: float, bar: tqdm) -> None:
+        """Every ``log.print_period`` steps (and the first): losses averaged over processes, to the bar and log.jsonl."""
+        step = self.pos.step
+        if step % self.cfg.log.print_period and step != 1:
+            return
+        vals = {k: float(all_reduce_mean(v.detach())) for k, v in losses.items()}
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar.set_postfix({**{k: f"{v:.3f}" for k, v in vals.items()}, "lr": f"{lr:.2e}", "samples/s": f"{rate:.1f}"})
+        self.log.write("step", epoch=epoch + 1, step=step, lr=lr, samples_per_s=round(rate, 2),
+                       loss=sum(vals.values()), **vals)
+
+    def end_epoch(self, epoch: int, sets: dict[str, Any], split: str) -> None:
+        """Evaluate on the selection split, report, keep the best weights per language, write checkpoint_last.pth."""
+        cfg, dev = self.cfg, self.device
+        bad_images = self.loader.dataset.skipped
+        if bad_images:
+            info(f"epoch {epoch + 1}: skipped {bad_images} unreadable image(s) so far")
+        results = evaluate_languages(self.model, cfg, sets, dev)
+        metrics = {lang: r.metrics for lang, r in results.items()}
+        self.log.write("eval", epoch=epoch + 1, step=self.pos.step, split=split, metrics=metrics)
+        info(f"epoch {epoch + 1} {split}:\n{format_table(metrics)}")
+        if self.dist.is_main:
+            write_reports(self.out, results, sets, split, reference_dir=self.cfg.anno_dir)
+        improved = self.update_best(metrics, epoch)
+        self.pos.epoch, self.pos.batch = epoch + 1, 0
+        state = model_state(self.model)
+        if self.dist.is_main:
             for lang in improved:
-                best[lang] = {**metrics[lang], "epoch": epoch + 1}
-            state = model_state(model)
-            rng = all_gather_object(torch.get_rng_state())
-            if self.dist.is_main:
-                for lang in improved:
-                    save_atomic({"format": CHECKPOINT_FORMAT, "model": state, "epoch": epoch + 1, "metrics": metrics[lang],
-                                 "split": split, "num_ids": self.num_ids, "config": cfg.to_dict()},
-                                self.out / f"best_{lang}.pth")
-                save_atomic({"format": CHECKPOINT_FORMAT, "model": state, "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
-                             "step": step, "best": best, "rng": rng, "num_ids": self.num_ids, "config": cfg.to_dict()},
-                            self.out / "checkpoint_last.pth")
-            barrier()
-        if skipped:
-            info(f"skipped {skipped} step(s) with a non-finite loss")
+                save_atomic({"format": CHECKPOINT_FORMAT, "model": state, "epoch": epoch + 1, "metrics": metrics[lang],
+                             "split": split, "num_ids": self.num_ids, "config": cfg.to_dict()},
+                            self.out / f"best_{lang}.pth")
+        self.save_last(state)
+        barrier()
+
+    def update_best(self, metrics: dict[str, dict[str, float]], epoch: int) -> list[str]:
+        """The source and target languages whose (R1, mAP) improved this epoch (they alone
+        select checkpoints; see final_checkpoint); their entry in ``self.best`` is updated."""
+        best, selecting = self.best, (self.cfg.data.source_language, self.cfg.data.target_language)
+        improved = [lang for lang, m in metrics.items() if lang in selecting
+                    and (lang not in best or (m["R1"], m["mAP"]) > (best[lang]["R1"], best[lang]["mAP"]))]
+        for lang in improved:
+            best[lang] = {**metrics[lang], "epoch": epoch + 1}
+        return improved
+
+    def save_last(self, state: dict[str, torch.Tensor] | None = None) -> None:
+        """checkpoint_last.pth: everything a resumed run needs to continue bit for bit from
+        ``self.pos``, including every process's generator states (a collective call)."""
+        rng = all_gather_object(get_rng_state(self.device))
+        if not self.dist.is_main:
+            return
+        save_atomic({"format": CHECKPOINT_FORMAT, "model": model_state(self.model) if state is None else state,
+                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "scaler": self.scaler.state_dict(), "epoch": self.pos.epoch, "batch": self.pos.batch,
+                     "step": self.pos.step, "steps_per_epoch": self.steps_per_epoch, "best": self.best,
+                     "skipped": self.skipped, "rng": rng, "num_ids": self.num_ids, "config": self.cfg.to_dict()},
+                    self.out / "checkpoint_last.pth")
+
+    def resume_from(self, path: str) -> dict[str, torch.Tensor] | None:
+        """Load the training state of ``path``. This process's generator states are restored
+        now when the checkpoint is at an epoch boundary; mid-epoch they are returned, to be
+        restored by :meth:`train_one_epoch` at the point where they were saved."""
+        ckpt = load_model_weights(self.model, path)
+        if "optimizer" not in ckpt:
+            raise CheckpointError(f"{path}: holds weights only, no training state; use it with --eval-only")
+        pos = Position(ckpt["epoch"], ckpt.get("batch", 0), ckpt["step"])
+        if pos.batch and ckpt["steps_per_epoch"] != self.steps_per_epoch:
+            raise CheckpointError(f"{path}: saved at batch {pos.batch} of {ckpt['steps_per_epoch']} in epoch "
+                                  f"{pos.epoch + 1}, but this run has {self.steps_per_epoch} batches per epoch; "
+                                  "resume with the same data.batch_size and number of processes")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.pos, self.best, self.skipped = pos, ckpt["best"], ckpt.get("skipped", 0)
+        states = ckpt["rng"]
+        if len(states) != self.dist.world_size:
+            info(f"{path} was written by {len(states)} process(es), this run has {self.dist.world_size}: "
+                 "random streams differ from an uninterrupted run")
+        rng = states[self.dist.rank % len(states)]
+        rng = {"cpu": rng} if isinstance(rng, torch.Tensor) else rng  # written before CUDA states were saved
+        info(f"resumed from {path}: epoch {pos.epoch + 1 if pos.batch else pos.epoch}, "
+             f"batch {pos.batch}, step {pos.step}")
+        if pos.batch:
+            return rng
+        set_rng_state(rng, self.device)
+        return None
+
+    def test_best(self, sets: dict[str, Any], split: str) -> dict[str, dict[str, float]]:
+        """Every query language on the test split with its best checkpoint (final_checkpoint)."""
+        cfg, dev = self.cfg, self.device
         test_sets = sets if split == "test" else self.eval_sets("test")
+        used = {lang: final_checkpoint(cfg, lang) for lang, _ in languages(cfg)}
         results = {}
-        for lang, target in languages(cfg):
-            load_model_weights(model, str(self.out / f"best_{lang}.pth"))
-            results[lang] = evaluate_language(model, cfg, test_sets[lang], target, dev)
-        return self.finish(results, test_sets, "test")
+        for name in dict.fromkeys(used.values()):  # each checkpoint loaded once
+            load_model_weights(self.model, str(self.out / name))
+            results.update({lang: evaluate_language(self.model, cfg, test_sets[lang], tl, dev)
+                            for lang, tl in languages(cfg) if used[lang] == name})
+        return self.finish({lang: results[lang] for lang in used}, test_sets, "test", used)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,38 @@ from .text import build_text_encoder, load_text_config
 from .vision import build_vision_encoder
 
 TEMP_RANGE = (0.001, 0.5)
+
+
+class Encoded(NamedTuple):
+    """The encoder outputs of a training batch that the contrastive losses use."""
+    image: torch.Tensor  # [B, 1 + N, D]
+    src: torch.Tensor  # [B, L, D]
+    tgt: torch.Tensor
+    image_proj: torch.Tensor  # [B, E], before normalisation
+    src_proj: torch.Tensor
+    tgt_proj: torch.Tensor
+
+    def features(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """L2-normalised image, source and target features."""
+        return tuple(F.normalize(p, dim=-1) for p in (self.image_proj, self.src_proj, self.tgt_proj))
+
+
+class ContrastGrad(NamedTuple):
+    """Gradients of the contrastive losses computed outside the forward (virtual processes).
+
+    ``forward`` then replaces those losses by ``scale * <features, grad>`` plus
+    ``temp_scale * temp * d(loss)/d(temp)``, whose gradient is the given one.
+    """
+    image: torch.Tensor
+    src: torch.Tensor
+    tgt: torch.Tensor
+    temp: torch.Tensor
+    scale: float
+    temp_scale: float
+
+    def surrogate(self, feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor], temp: torch.Tensor) -> torch.Tensor:
+        inner = sum((f.float() * g).sum() for f, g in zip(feats, (self.image, self.src, self.tgt)))
+        return self.scale * inner + self.temp_scale * temp * self.temp
 
 
 class BiIRRA(nn.Module):
@@ -40,7 +73,8 @@ class BiIRRA(nn.Module):
         embed_dim = cfg.model.embed_dim
 
         self.vision_encoder = build_vision_encoder(cfg, use_mask_token=self.use_masked_image)
-        self.text_encoder = build_text_encoder(cfg.text_encoder, cfg.text_fusion_start_at)
+        self.text_encoder = build_text_encoder(cfg.text_encoder, cfg.text_fusion_start_at,
+                                               cfg.model.roberta_position_ids)
         config = self.text_encoder.config
         self.cross_encoder = FusionEncoder(config, cfg.text_num_hidden_layers - cfg.text_fusion_start_at)
 
@@ -100,11 +134,20 @@ class BiIRRA(nn.Module):
                    image_kv: list[KV] | None = None) -> torch.Tensor:
         return self.itm_head(self.fuse_text(text_embeds, text_mask, image_embeds, image_kv)[:, 0])
 
+    def rerank_score(self, logits: torch.Tensor) -> torch.Tensor:
+        """Re-ranking score from ITM logits [B, 2] (class 1 = match).
+
+        Upstream ranks by the raw match logit ``logits[:, 1]``; ``model.rerank_score:
+        log_odds`` uses the match minus the non-match logit (the log-odds of a match).
+        """
+        if self.cfg.model.rerank_score == "log_odds":
+            return logits[:, 1] - logits[:, 0]
+        return logits[:, 1]
+
     def itm_score(self, text_embeds: torch.Tensor, text_mask: torch.Tensor, image_embeds: torch.Tensor | None = None,
                   image_kv: list[KV] | None = None) -> torch.Tensor:
-        """Match logit minus non-match logit [B] (class 1 = match, as upstream)."""
-        logits = self.itm_logits(text_embeds, text_mask, image_embeds, image_kv)
-        return logits[:, 1] - logits[:, 0]
+        """Re-ranking score [B] of each (caption, image) pair; see ``rerank_score``."""
+        return self.rerank_score(self.itm_logits(text_embeds, text_mask, image_embeds, image_kv))
 
     def itm_score_pairs(self, text_embeds: torch.Tensor, text_mask: torch.Tensor, pair_text: torch.Tensor,
                         pair_image_kv: Callable[[int], KV]) -> torch.Tensor:
@@ -114,8 +157,8 @@ class BiIRRA(nn.Module):
         For re-ranking, where many captions meet many images whose keys/values were
         computed once; see ``FusionEncoder.first_token_pairs``.
         """
-        logits = self.itm_head(self.cross_encoder.first_token_pairs(text_embeds, text_mask, pair_text, pair_image_kv))
-        return logits[:, 1] - logits[:, 0]
+        return self.rerank_score(self.itm_head(
+            self.cross_encoder.first_token_pairs(text_embeds, text_mask, pair_text, pair_image_kv)))
 
     @torch.no_grad()
     def mim_teacher(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
@@ -146,51 +189,84 @@ class BiIRRA(nn.Module):
         return F.cross_entropy(logits.float(), labels)
 
     def _mlm_loss(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-                  image_kv: list[KV]) -> torch.Tensor:
+                  image_kv: list[KV], mean_count: float | None) -> torch.Tensor:
         """Masked caption through text + fusion layers (cross-attending to the unmasked image)."""
         hidden = self.fuse_text(self.encode_text(ids, mask), mask, image_kv=image_kv)
         chosen = labels != -100
-        return masked_token_ce(self.mlm_head(hidden[chosen]), labels[chosen])
+        return masked_token_ce(self.mlm_head(hidden[chosen]), labels[chosen], mean_count)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def encode_batch(self, batch: dict[str, torch.Tensor]) -> Encoded:
+        """Unmasked image, source and target captions, in this order.
+
+        ``forward`` starts with exactly these passes, so a no-grad call drawing the same
+        random numbers (dropout) gives the features the forward will compute
+        (engine/virtual.py relies on it).
+        """
+        image = self.encode_image(batch["images"])
+        src = self.encode_text(batch["src_ids"], batch["src_mask"])
+        tgt = self.encode_text(batch["tgt_ids"], batch["tgt_mask"])
+        return Encoded(image, src, tgt, self.vision_proj(image[:, 0]), self._text_proj(False)(src[:, 0]),
+                       self._text_proj(True)(tgt[:, 0]))
+
+    def contrastive_losses(self, image_feat: torch.Tensor, src_feat: torch.Tensor, tgt_feat: torch.Tensor,
+                           pids: torch.Tensor, temp: torch.Tensor, use_gather: bool,
+                           gather_with_grad: bool = False) -> dict[str, torch.Tensor]:
+        """Bi-lingual ITC (and SDM when enabled), weighted as in the total loss."""
         cfg = self.cfg
-        images, pids = batch["images"], batch["pids"]
+        gather = (use_gather, gather_with_grad)
+        out = {"itc": 0.5 * (itc_loss(image_feat, src_feat, pids, temp, *gather)
+                             + itc_loss(image_feat, tgt_feat, pids, temp, *gather))}
+        if cfg.sdm.use_sdm:
+            out["sdm"] = cfg.sdm.weight * 0.5 * (sdm_loss(image_feat, src_feat, pids, temp, *gather)
+                                                 + sdm_loss(image_feat, tgt_feat, pids, temp, *gather))
+        return out
+
+    def forward(self, batch: dict[str, torch.Tensor], contrast: ContrastGrad | None = None,
+                mlm_counts: tuple[float, float] | None = None) -> dict[str, torch.Tensor]:
+        """The named, weighted losses of one batch.
+
+        ``contrast`` (virtual processes): the contrastive losses were computed over the
+        whole global batch outside; their gradient enters through a surrogate term kept
+        under ``"itc"`` (its value is not the loss). ``mlm_counts``: the mean masked-token
+        counts (source, target) per process, when the caller knows them.
+        """
+        cfg = self.cfg
+        pids = batch["pids"]
         src_mask, tgt_mask = batch["src_mask"], batch["tgt_mask"]
         temp = self.temperature()
 
-        image = self.encode_image(images)
-        masked = self.encode_image(images, batch["image_mask"]) if self.use_masked_image else None
-        src = self.encode_text(batch["src_ids"], src_mask)
-        tgt = self.encode_text(batch["tgt_ids"], tgt_mask)
-        image_proj = self.vision_proj(image[:, 0])
-        src_proj, tgt_proj = self._text_proj(False)(src[:, 0]), self._text_proj(True)(tgt[:, 0])
-        image_feat = F.normalize(image_proj, dim=-1)
-        src_feat, tgt_feat = F.normalize(src_proj, dim=-1), F.normalize(tgt_proj, dim=-1)
-
-        gather = cfg.model.use_gather
-        losses = {"itc": 0.5 * (itc_loss(image_feat, src_feat, pids, temp, gather)
-                                + itc_loss(image_feat, tgt_feat, pids, temp, gather))}
+        enc = self.encode_batch(batch)
+        image, src, tgt = enc.image, enc.src, enc.tgt
+        image_feat, src_feat, tgt_feat = enc.features()
+        if contrast is None:
+            losses = self.contrastive_losses(image_feat, src_feat, tgt_feat, pids, temp, cfg.model.use_gather,
+                                             cfg.model.gather_with_grad)
+        else:
+            losses = {"itc": contrast.surrogate((image_feat, src_feat, tgt_feat), temp)}
+        masked = self.encode_image(batch["images"], batch["image_mask"]) if self.use_masked_image else None
 
         image_kv = self.image_kv(image)
-        tgt_kv = self.image_kv(masked) if cfg.itm.use_mask else image_kv
         itm_s = self._itm_loss(src, src_mask, image_kv, image_feat, src_feat, pids, temp)
-        itm_t = self._itm_loss(tgt, tgt_mask, tgt_kv, image_feat, tgt_feat, pids, temp)
+        if cfg.itm.use_mask:  # upstream: masked image for the target pairs and for drawing their negatives
+            itm_t = self._itm_loss(tgt, tgt_mask, self.image_kv(masked), self.image_feature(masked), tgt_feat, pids, temp)
+        else:
+            itm_t = self._itm_loss(tgt, tgt_mask, image_kv, image_feat, tgt_feat, pids, temp)
         losses["itm"] = cfg.itm.weight * 0.5 * (itm_s + itm_t)
 
         if self.mlm_head is not None:
-            losses["mlm"] = (self._mlm_loss(batch["src_mlm_ids"], src_mask, batch["src_mlm_labels"], image_kv)
-                             + self._mlm_loss(batch["tgt_mlm_ids"], tgt_mask, batch["tgt_mlm_labels"], image_kv))
+            counts = mlm_counts or (None, None)
+            losses["mlm"] = (self._mlm_loss(batch["src_mlm_ids"], src_mask, batch["src_mlm_labels"], image_kv, counts[0])
+                             + self._mlm_loss(batch["tgt_mlm_ids"], tgt_mask, batch["tgt_mlm_labels"], image_kv,
+                                              counts[1]))
         if self.mim_head is not None:
             teacher = self.mim_teacher(image, src, src_mask)
             student = self.mim_head(self.cross_encoder(masked, None, context=tgt, context_mask=tgt_mask))
             losses["mim"] = cfg.mim.weight * cosine_distill_loss(student, teacher)
-        if cfg.sdm.use_sdm:
-            losses["sdm"] = cfg.sdm.weight * 0.5 * (sdm_loss(image_feat, src_feat, pids, temp, gather)
-                                                    + sdm_loss(image_feat, tgt_feat, pids, temp, gather))
         if self.classifier is not None:
-            id_loss = sum(F.cross_entropy(self.classifier(p).float(), pids) for p in (image_proj, src_proj, tgt_proj))
+            id_loss = sum(F.cross_entropy(self.classifier(p).float(), pids)
+                          for p in (enc.image_proj, enc.src_proj, enc.tgt_proj))
             losses["id"] = cfg.id.weight * id_loss / 3
         return losses
 
 
-__all__ = ["BiIRRA", "TEMP_RANGE"]
+__all__ = ["BiIRRA", "ContrastGrad", "Encoded", "TEMP_RANGE"]

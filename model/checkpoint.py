@@ -11,7 +11,7 @@ Documented remaps of a pretrained state dict onto :class:`BiIRRA` names:
   relative position tables are resized per axis to this model's patch grid (the 3 cls
   rows at the end are kept); resized keys are reported.
 * Derived buffers (``relative_position_index``, ``position_ids``) are dropped silently.
-* ``tl_text_proj`` is copied from ``text_proj`` when the checkpoint has none.
+* ``tl_text_proj`` is always copied from ``text_proj`` (as upstream; a ``tl_text_proj`` in the file is replaced).
 * The MLM decoder shares the word embeddings iff the checkpoint's decoder equals them
   (or the checkpoint has no decoder); otherwise it is a separate parameter.
 Anything else not in the model (``bbox_head.*`` ...) is reported as unexpected.
@@ -81,6 +81,16 @@ def _rename(key: str, fusion_start: int) -> str:
     return key
 
 
+def upstream_name(name: str, fusion_start: int) -> str:
+    """The released code's name of one of our parameters (inverse of the fusion-layer remap).
+
+    Upstream keeps the fusion layers inside the text encoder (``text_encoder.encoder.layer.
+    {fusion_start + i}``); rules written on upstream names (optimizer groups) use this.
+    """
+    m = re.match(r"^cross_encoder\.layer\.(\d+)\.(.*)$", name)
+    return f"text_encoder.encoder.layer.{fusion_start + int(m.group(1))}.{m.group(2)}" if m else name
+
+
 def _vision(sd: dict[str, torch.Tensor], model: BiIRRA, report: LoadReport) -> dict[str, torch.Tensor]:
     """Original BEiT-v2 keys through timm's filter (table resizing), names kept."""
     prefix = "vision_encoder."
@@ -128,7 +138,7 @@ def load_pretrained(model: BiIRRA, path: str) -> LoadReport:
         report.mlm_decoder_tied = tied
         if tied:
             renamed.pop(DECODER, None)
-    if model.tl_text_proj is not None and not any(k.startswith("tl_text_proj.") for k in renamed):
+    if model.tl_text_proj is not None:  # upstream: always a copy of text_proj, even if the file has its own
         for name in ("weight", "bias"):
             if f"text_proj.{name}" in renamed:
                 renamed[f"tl_text_proj.{name}"] = renamed[f"text_proj.{name}"]
@@ -186,4 +196,4 @@ def load_finetuned(model: BiIRRA, path: str, obj: dict | None = None) -> LoadRep
     return report
 
 
-__all__ = ["CheckpointError", "LoadReport", "load_pretrained", "load_finetuned"]
+__all__ = ["CheckpointError", "LoadReport", "load_pretrained", "load_finetuned", "upstream_name"]

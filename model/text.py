@@ -28,7 +28,7 @@ def build_tokenizer(folder: str) -> PreTrainedTokenizerBase:
         raise ConfigError(f"text_encoder: no tokenizer in {folder} (expected {' or '.join(TOKENIZER_FILES)})")
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KeyError) as e:  # a malformed tokenizer.json raises KeyError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"text_encoder: cannot load the tokenizer in {folder}: {first}") from None
 
@@ -64,13 +64,28 @@ class TextEncoder(XLMRobertaModel):
 
     Passing the mask keeps attention bidirectional and padding-aware on every attention
     backend (some paths fall back to a causal mask when none is given).
+
+    Position ids: upstream fine-tunes with X2-VLM's BERT classes, so token i reads row i
+    of the position table (``arange(L)``) and no row is a frozen padding row; that is the
+    default. ``roberta_position_ids`` keeps Hugging Face's RoBERTa ids (from
+    ``padding_idx + 1``, pads on row ``padding_idx``, which gets no gradient).
     """
 
+    def __init__(self, config: XLMRobertaConfig, roberta_position_ids: bool = False) -> None:
+        super().__init__(config, add_pooling_layer=False)
+        self.roberta_position_ids = roberta_position_ids
+        if not roberta_position_ids:
+            self.embeddings.position_embeddings.padding_idx = None
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        position_ids = None
+        if not self.roberta_position_ids:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids).last_hidden_state
 
 
-def build_text_encoder(folder: str, num_layers: int) -> TextEncoder:
+def build_text_encoder(folder: str, num_layers: int, roberta_position_ids: bool = False) -> TextEncoder:
     """Text encoder with ``num_layers`` layers, initialised from ``folder``'s weights when present.
 
     Hugging Face xlm-roberta-base weights carry ``roberta.`` prefixes and an ``lm_head``;
@@ -78,7 +93,7 @@ def build_text_encoder(folder: str, num_layers: int) -> TextEncoder:
     """
     config = load_text_config(folder)
     config.num_hidden_layers = num_layers
-    encoder = TextEncoder(config, add_pooling_layer=False)
+    encoder = TextEncoder(config, roberta_position_ids)
     weights = _read_weights(folder)
     if weights is not None:
         own = encoder.state_dict()

@@ -19,69 +19,58 @@ from timm.models.beit import Beit
 from utils.config import Config, ConfigError
 
 
-class BlockMaskGenerator:
-    """BEiT block-wise masking: random rectangles until exactly round(ratio * N) patches.
+def _uniform(rng: np.random.Generator, a: float, b: float) -> float:
+    """Python's ``random.uniform`` (BEiT's draw): a + (b - a) * U, also when b < a."""
+    return a + (b - a) * rng.random()
 
-    Rectangles have an area in [min_area, remaining] and a log-uniform aspect ratio in
-    [0.3, 1/0.3] (BEiT's defaults). When no rectangle fits any more, single patches next
-    to the masked region are added so that the ratio is met exactly and the mask stays
-    made of contiguous blocks.
+
+class BlockMaskGenerator:
+    """BEiT's block-wise ``MaskingGenerator`` as the released Bi-IRRA configures it.
+
+    Target int(mask_ratio * N) patches; rectangles of area uniform(min_num_patches,
+    remaining) (BEiT draws it even when remaining < min_num_patches) and log-uniform aspect
+    in [0.3, 1/0.3], strictly smaller than the grid in both sides, up to ``attempts`` tries
+    per rectangle; a rectangle is kept when it adds 1..remaining new patches. It stops at
+    the first rectangle that cannot be placed, so a mask may fall short of the target.
     """
 
-    def __init__(self, grid: tuple[int, int], mask_ratio: float, min_area: int = 16,
+    def __init__(self, grid: tuple[int, int], mask_ratio: float, min_num_patches: int = 4,
                  min_aspect: float = 0.3, attempts: int = 10) -> None:
         if not 0.0 <= mask_ratio <= 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio}")
         self.grid = (int(grid[0]), int(grid[1]))
         self.num_patches = self.grid[0] * self.grid[1]
-        self.num_masked = int(round(mask_ratio * self.num_patches))
-        self.min_area = min_area
+        self.num_masked = int(self.num_patches * mask_ratio)
+        self.min_num_patches = min_num_patches
         self.log_aspect = (math.log(min_aspect), math.log(1.0 / min_aspect))
         self.attempts = attempts
 
-    def _place_block(self, mask: np.ndarray, budget: int, rng: np.random.Generator) -> int:
-        """Try to mask one rectangle adding at most ``budget`` patches; return how many it added."""
+    def place_block(self, mask: np.ndarray, budget: int, rng: np.random.Generator) -> int:
+        """Try to mask one rectangle adding at most ``budget`` patches; return how many it added (0: none fits)."""
         gh, gw = self.grid
-        low = min(self.min_area, budget)
         for _ in range(self.attempts):
-            area = rng.uniform(low, budget)
-            aspect = math.exp(rng.uniform(*self.log_aspect))
+            area = _uniform(rng, self.min_num_patches, budget)
+            aspect = math.exp(_uniform(rng, *self.log_aspect))
             h = int(round(math.sqrt(area * aspect)))
             w = int(round(math.sqrt(area / aspect)))
-            if not (1 <= h <= gh and 1 <= w <= gw):
-                continue
-            top = int(rng.integers(0, gh - h + 1))
-            left = int(rng.integers(0, gw - w + 1))
-            window = mask[top:top + h, left:left + w]
-            added = h * w - int(window.sum())
-            if 0 < added <= budget:
-                window[...] = True
-                return added
+            if h < gh and w < gw:
+                top = int(rng.integers(0, gh - h + 1))
+                left = int(rng.integers(0, gw - w + 1))
+                window = mask[top:top + h, left:left + w]
+                added = h * w - int(window.sum())
+                if 0 < added <= budget:
+                    window[...] = True
+                    return added
         return 0
-
-    def _grow(self, mask: np.ndarray, count: int, rng: np.random.Generator) -> None:
-        """Mask single patches, preferring neighbours of masked ones, until ``count`` are masked."""
-        while count > 0:
-            grown = np.zeros_like(mask)
-            grown[1:] |= mask[:-1]
-            grown[:-1] |= mask[1:]
-            grown[:, 1:] |= mask[:, :-1]
-            grown[:, :-1] |= mask[:, 1:]
-            candidates = np.flatnonzero(grown & ~mask)
-            if candidates.size == 0:
-                candidates = np.flatnonzero(~mask)
-            mask.flat[candidates[rng.integers(0, candidates.size)]] = True
-            count -= 1
 
     def __call__(self, rng: np.random.Generator) -> np.ndarray:
         mask = np.zeros(self.grid, dtype=bool)
         count = 0
         while count < self.num_masked:
-            added = self._place_block(mask, self.num_masked - count, rng)
+            added = self.place_block(mask, self.num_masked - count, rng)
             if added == 0:
                 break
             count += added
-        self._grow(mask, self.num_masked - count, rng)
         return mask
 
 

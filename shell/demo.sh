@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # End-to-end demo on the synthetic multilingual pedestrian dataset, on the CPU:
-# generate the data (once), train the small model of config/demo.yaml, evaluate en + ch.
-#   bash shell/demo.sh [OUTDIR=runs/demo] [key.sub=value ...]
+# generate the data (once), then train in two stages, as real users fine-tune a pretrained model:
+#   1. "pretraining" on the synthetic training split with ITC + ITM only (cheaper steps),
+#      exported in the CCLM-X2VLM key layout (tools/export_cclm.py);
+#   2. Bi-IRRA with all four losses (config/demo.yaml), loading that file through
+#      model.resume exactly as the real cclm_x2vlm_base.th is loaded; evaluates en + ch on test.
+#   bash shell/demo.sh [OUTDIR=runs/demo] [key.sub=value ...]   (overrides apply to stage 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/demo}
 shift $(( $# > 0 ? 1 : 0 ))
 DATA=runs/synthetic
+PRE=$OUT/pretrain
 start=$(date +%s)
 if [ ! -f "$DATA/annos/test_reid_en.json" ]; then
   python -m data.synthetic --out "$DATA"
 fi
-python main.py --config config/demo.yaml model.saved_path="$OUT" "$@"
+python main.py --config config/demo.yaml model.saved_path="$PRE" model.resume= \
+  mlm.is_mlm=false mim.use_mim=false itm.use_mask=false schedule.lr=1e-3 schedule.epoch=5
+python -m tools.export_cclm --checkpoint "$PRE/checkpoint_last.pth" --out "$PRE/cclm_demo.th"
+echo "stage 1 (pretraining) finished after $(( $(date +%s) - start )) s"
+python main.py --config config/demo.yaml model.saved_path="$OUT" model.resume="$PRE/cclm_demo.th" "$@"
 echo "demo finished in $(( $(date +%s) - start )) s; outputs in $OUT"

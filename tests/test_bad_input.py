@@ -27,10 +27,15 @@ def case(tiny_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     cfg = tiny_config(data, tmp_path / "out", schedule={"epoch": 1})
+    (tmp_path / "out").rmdir()  # tiny_config makes it; a failed run must not
     return data, cfg, tmp_path / "out"
 
 
 def expect_error(capsys, out_dir: Path | None, *argv: str, needle: str, code: int = 2) -> str:
+    """Run main.py's main(argv): exit ``code``, exactly one ``error:`` line, which holds
+    ``needle``, no traceback, and (unless ``out_dir`` is None) no output folder, before or after."""
+    if out_dir is not None:
+        assert not out_dir.exists()
     rc = cli.main(list(argv))
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -39,7 +44,7 @@ def expect_error(capsys, out_dir: Path | None, *argv: str, needle: str, code: in
     assert len(errors) == 1 and "Traceback" not in err, err[-2000:]
     assert needle in errors[0], errors[0]
     if out_dir is not None:
-        assert not out_dir.exists() or not any(out_dir.iterdir()), list(out_dir.iterdir())
+        assert not out_dir.exists(), list(out_dir.iterdir())
     return errors[0]
 
 
@@ -65,7 +70,7 @@ def edit_annos(data: Path, split: str, lang: str, fn) -> Path:
 CONFIG_CASES = [
     ("data.batchsize=3", "unknown key 'data.batchsize' (did you mean 'data.batch_size'?)"),
     ("schedule.epoch=ten", "'schedule.epoch' must be an int"),
-    ("data.target_language=jp", "'data.target_language' must be one of en, ch, fr, de"),
+    ("data.target_language=ch/x", "'data.target_language' must hold language codes of annotation files"),
     ("data.batch_size=0", "'data.batch_size' must be positive"),
     ("mim.mask_ratio=1.5", "'mim.mask_ratio' must be in [0, 1]"),
     ("mlm.skipgram_prb=-1", "'mlm.skipgram_prb' must be in [0, 1]"),
@@ -126,24 +131,25 @@ def test_invalid_json(case, capsys):
 
 def test_entry_missing_field(case, capsys):
     data, cfg, out = case
-    edit_annos(data, "train", "en", lambda e: e[3].pop("captions"))
-    msg = expect_error(capsys, out, "--config", str(cfg), needle="train_reid_en.json")
-    assert "captions" in msg and "3" in msg
+    path = edit_annos(data, "train", "en", lambda e: e[3].pop("captions"))
+    expect_error(capsys, out, "--config", str(cfg), needle=f"{path}: entry 3: missing field 'captions'")
 
 
 def test_misaligned_languages(case, capsys):
     data, cfg, out = case
-    edit_annos(data, "train", "ch", lambda e: e[5].update(id=999))
-    msg = expect_error(capsys, out, "--config", str(cfg), needle="train_reid_ch.json")
-    assert "train_reid_en.json" in msg and "5" in msg and "id" in msg
+    en = data / "annos" / "train_reid_en.json"
+    right = json.loads(en.read_text(encoding="utf-8"))[5]["id"]
+    ch = edit_annos(data, "train", "ch", lambda e: e[5].update(id=999))
+    expect_error(capsys, out, "--config", str(cfg),
+                 needle=f"{en} and {ch} are not aligned at entry 5: id {right} vs 999")
 
 
 @pytest.mark.parametrize("caption", ["", " ... !!! "])
 def test_empty_or_punctuation_caption(case, capsys, caption):
     data, cfg, out = case
-    edit_annos(data, "train", "en", lambda e: e[2]["captions"].__setitem__(0, caption))
-    msg = expect_error(capsys, out, "--config", str(cfg), needle="train_reid_en.json")
-    assert "2" in msg
+    path = edit_annos(data, "train", "en", lambda e: e[2]["captions"].__setitem__(1, caption))
+    expect_error(capsys, out, "--config", str(cfg),
+                 needle=f"{path}: entry 2: caption 1 is empty or only punctuation: {caption!r}")
 
 
 def test_batch_larger_than_dataset(case, capsys):

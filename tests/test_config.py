@@ -30,7 +30,8 @@ def test_upstream_style_file_loads_unchanged(tmp_path):
 
 def test_overrides_are_typed():
     cfg = load_config("config/config.yaml", ["data.batch_size=3", "schedule.lr=1e-3", "mim.use_mim=false",
-                                             "experiment.input_resolution=[384,128]", "model.saved_path=runs/x"])
+                                             "experiment.input_resolution=[384,128]", "image_res=384",
+                                             "model.saved_path=runs/x"])
     assert cfg.data.batch_size == 3 and cfg.schedule.lr == 1e-3 and cfg.mim.use_mim is False
     assert cfg.experiment.input_resolution == [384, 128] and cfg.model.saved_path == "runs/x"
     assert isinstance(cfg.schedule.lr, float)
@@ -41,7 +42,19 @@ def test_overrides_are_typed():
     ("data.batch_size=abc", "'data.batch_size' must be an int"),
     ("data.batch_size=0", "'data.batch_size' must be positive"),
     ("mim.use_mim=maybe", "'mim.use_mim' must be true or false"),
-    ("data.source_language=es", "'data.source_language' must be one of en, ch, fr, de"),
+    ("data.source_language=e n", "'data.source_language' must hold language codes of annotation files"),
+    ("data.eval_languages=[fr,../x]", "'data.eval_languages' must hold language codes"),
+    ("data.tl_proj_languages=[en]", "'data.tl_proj_languages' must not hold the source language 'en'"),
+    ("data.tl_proj_languages=[fr]", "'data.tl_proj_languages' names 'fr', which is not evaluated"),
+    ("device=gpu", "'device' must be 'cuda', 'cuda:N', 'cpu' or a CUDA device number N, got 'gpu'"),
+    ("device=-1", "'device' must be 'cuda', 'cuda:N', 'cpu' or a CUDA device number N, got -1"),
+    ("device=cuda:x", "'device' must be"),
+    ("device=true", "'device' must be str or int, got True"),
+    ("resume=/x.th", "unknown key 'resume' (did you mean 'model.resume'?)"),
+    ("batch_size=8", "unknown key 'batch_size' (did you mean 'data.batch_size'?)"),
+    ("lr=1e-4", "unknown key 'lr' (did you mean 'schedule.lr'?)"),
+    ("model.batch_size=8", "unknown key 'model.batch_size' (did you mean 'data.batch_size'?)"),
+    ("batchsize=8", "unknown key 'batchsize' (did you mean 'data.batch_size'?)"),
     ("data.target_language=en", "'data.target_language' must differ"),
     ("mim.mask_ratio=1.5", "'mim.mask_ratio' must be in [0, 1]"),
     ("mlm.mask_prob=-0.1", "'mlm.mask_prob' must be in [0, 1]"),
@@ -66,6 +79,33 @@ def test_unknown_key_in_file_names_file_and_suggests(tmp_path):
         load_config(p)
 
 
+@pytest.mark.parametrize("text,suggestion", [
+    ("resume: /path/to/CCLM-X2VLM\n", "unknown key 'resume' (did you mean 'model.resume'?)"),  # upstream README
+    ("batch_size: 16\n", "unknown key 'batch_size' (did you mean 'data.batch_size'?)"),
+    ("lr: 1.0e-4\n", "unknown key 'lr' (did you mean 'schedule.lr'?)"),
+    ("data:\n  lr: 1.0e-4\n", "unknown key 'data.lr' (did you mean 'schedule.lr'?)"),
+    ("weight: 2.0\n", "(did you mean 'itm.weight' or 'mim.weight' or 'sdm.weight' or 'id.weight'?)"),
+    ("data:\n  batchsize: 16\n", "unknown key 'data.batchsize' (did you mean 'data.batch_size'?)"),
+])
+def test_unknown_key_suggestions_look_across_levels(tmp_path, text, suggestion):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value).endswith(suggestion)
+
+
+@pytest.mark.parametrize("device", [5, 0, "cuda", "cuda:3", "cpu"])
+def test_device_forms_load_and_round_trip(tmp_path, device):
+    raw = yaml.safe_load(open("config/config.yaml"))
+    raw["device"] = device  # upstream's published config.yaml says `device: 5`
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    cfg = load_config(p)
+    assert cfg.device == device and type(cfg.device) is type(device)
+    assert config_from_dict(cfg.to_dict()).device == device
+
+
 def test_invalid_yaml_and_missing_file(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("data: [1, 2\n")
@@ -82,6 +122,30 @@ def test_check_paths_names_missing_paths(tmp_path):
     (tmp_path / "annos").mkdir()
     cfg = load_config("config/config.yaml", [f"anno_dir={tmp_path}/annos"])
     with pytest.raises(ConfigError, match="train_reid_en.json"):
+        check_paths(cfg)
+
+
+def test_any_language_code_with_files_is_accepted(tmp_path):
+    annos = tmp_path / "annos"
+    annos.mkdir()
+    for split in ("train", "test"):
+        for lang in ("en", "es", "pt-BR"):
+            (annos / f"{split}_reid_{lang}.json").write_text("[]")
+    cfg = load_config("config/config.yaml", [f"anno_dir={annos}", "data.target_language=es",
+                                             "data.eval_languages=[pt-BR]", f"image_dir={tmp_path}/nope"])
+    with pytest.raises(ConfigError, match="key 'image_dir'"):  # every annotation file was found
+        check_paths(cfg)
+    cfg = load_config("config/config.yaml", [f"anno_dir={annos}", "data.target_language=jp"])
+    with pytest.raises(ConfigError) as e:
+        check_paths(cfg)
+    assert str(e.value).endswith(f"key 'data.target_language': no annotation files for language 'jp' in {annos} "
+                                 "(expected train_reid_jp.json; languages there: en, es, pt-BR)")
+    cfg = load_config("config/config.yaml", [f"anno_dir={annos}", "data.target_language=es", "data.eval_languages=[de]"])
+    with pytest.raises(ConfigError, match="key 'data.eval_languages': no annotation files for language 'de'"):
+        check_paths(cfg)
+    (annos / "test_reid_es.json").unlink()  # the language exists, one of its files does not
+    cfg = load_config("config/config.yaml", [f"anno_dir={annos}", "data.target_language=es"])
+    with pytest.raises(ConfigError, match=f"key 'anno_dir': annotation file not found: {annos}/test_reid_es.json"):
         check_paths(cfg)
 
 

@@ -10,7 +10,7 @@ import torch
 from data.annotations import DataError
 from data.datasets import TrainDataset
 from data.loader import build_eval_data, build_train_loader, collate_train
-from data.text import IGNORE_INDEX
+from data.text import IGNORE_INDEX, clean_caption, clean_caption_unicode
 from tests.data_fixtures import make_config, synthetic_root, tokenizer  # noqa: F401
 
 KEYS = {"images", "image_mask", "src_ids", "src_mask", "tgt_ids", "tgt_mask", "src_mlm_ids", "src_mlm_labels",
@@ -29,7 +29,7 @@ def test_train_item_contents(synthetic_root, tokenizer):  # noqa: F811
     item = ds[3]
     assert item["image"].shape == (3, 32, 16)
     assert item["image_mask"].dtype == torch.bool and item["image_mask"].shape == (8,)
-    assert int(item["image_mask"].sum()) == round(cfg.mim.mask_ratio * 8)
+    assert int(item["image_mask"].sum()) <= int(cfg.mim.mask_ratio * 8)
     assert item["src_ids"][0] == tokenizer.bos_token_id and item["src_ids"][-1] == tokenizer.eos_token_id
     assert len(item["src_ids"]) <= cfg.experiment.text_length and len(item["tgt_ids"]) <= cfg.experiment.text_length
     assert item["index"] == 3 and sorted({int(p) for p in ds.pid_of}) == [0, 1, 2, 3]
@@ -92,6 +92,52 @@ def test_collate_keys_padding_and_masks(synthetic_root, tokenizer):  # noqa: F81
     assert batch["pids"].tolist() == [it["pid"] for it in items] and batch["index"].tolist() == list(range(5))
 
 
+def _fake_items(masks: list[list[bool]]) -> list[dict]:
+    return [{"image": torch.full((3, 2, 2), float(i)), "image_mask": torch.tensor(m), "src_ids": [0, 5, 2],
+             "tgt_ids": [0, 6, 2], "pid": i, "index": i} for i, m in enumerate(masks)]
+
+
+MASKS = [[True, False, False], [False, True, False], [False, False, True], [True, True, False],
+         [False, True, True], [True, False, True]]
+
+
+def test_collate_shares_one_mask_per_group_by_default():
+    items = _fake_items(MASKS)
+    one = collate_train(items)["image_mask"]
+    assert one.shape == (6, 3) and one.dtype == torch.bool
+    assert (one == torch.tensor(MASKS[0])).all()  # one mask per (process) batch, as upstream
+    three = collate_train(items, groups=3)["image_mask"]
+    assert three.tolist() == [MASKS[0]] * 2 + [MASKS[2]] * 2 + [MASKS[4]] * 2
+    # a group's masks depend on its own items only, not on how groups are batched together
+    assert torch.equal(three[4:], collate_train(items[4:])["image_mask"])
+    assert collate_train(items, groups=3, per_sample_mask=True)["image_mask"].tolist() == MASKS
+    with pytest.raises(ValueError, match="6 samples cannot form 4 equal groups"):
+        collate_train(items, groups=4)
+
+
+def test_loader_masks_per_process_batch_virtual_processes_and_per_sample(synthetic_root, tokenizer):  # noqa: F811
+    cfg = make_config(synthetic_root)
+    batches = _epoch(cfg, tokenizer, 0)
+    ds = TrainDataset(cfg, tokenizer)
+    for b in batches:
+        first = ds[int(b["index"][0])]["image_mask"]
+        assert (b["image_mask"] == first).all()
+    assert len({tuple(b["image_mask"][0].tolist()) for b in batches}) > 1  # batches differ
+    # one process running two virtual processes of 2 == two processes of 2: one mask per half batch
+    half = make_config(synthetic_root, batch_size=2)
+    r0, r1 = _epoch(half, tokenizer, 0, 0, 2), _epoch(half, tokenizer, 0, 1, 2)
+    half.distributed.virtual_processes = 2
+    virtual = _epoch(half, tokenizer, 0)
+    assert len(virtual) == len(r0) == 4
+    for v, x, y in zip(virtual, r0, r1):
+        assert torch.equal(v["index"], torch.cat([x["index"], y["index"]]))
+        assert torch.equal(v["image_mask"], torch.cat([x["image_mask"], y["image_mask"]]))
+    assert any(not torch.equal(v["image_mask"][0], v["image_mask"][2]) for v in virtual)  # the halves differ
+    cfg.mim.per_sample_mask = True
+    for b in _epoch(cfg, tokenizer, 0):
+        assert torch.equal(b["image_mask"], torch.stack([ds[int(i)]["image_mask"] for i in b["index"]]))
+
+
 def test_mlm_off_and_batch_too_large(synthetic_root, tokenizer):  # noqa: F811
     cfg = make_config(synthetic_root)
     cfg.mlm.is_mlm = False
@@ -113,7 +159,28 @@ def test_eval_data(synthetic_root, tokenizer, lang):  # noqa: F811
     img, idx = ev.gallery[4]
     assert img.shape == (3, 32, 16) and idx == 4
     assert ev.query_pids[8].item() == ev.gallery_pids[4].item()  # captions 8, 9 describe image 4
-    assert all(c == c.lower() and "." not in c and "。" not in c for c in ev.captions)
+    assert all(c == c.lower() and "." not in c for c in ev.captions)
+
+
+def _raw_captions(root, split: str, lang: str) -> list[str]:
+    import json
+    entries = json.loads((root / "annos" / f"{split}_reid_{lang}.json").read_text(encoding="utf-8"))
+    return [c for e in entries for c in e["captions"]]
+
+
+def test_eval_and_train_captions_follow_the_cleaning_option(synthetic_root, tokenizer):  # noqa: F811
+    raw = _raw_captions(synthetic_root, "test", "ch")
+    cfg = make_config(synthetic_root)
+    upstream = build_eval_data(cfg, "test", "ch", tokenizer).captions
+    assert upstream == [clean_caption(c, 32) for c in raw] and any("，" in c for c in upstream)
+    tgt = _raw_captions(synthetic_root, "train", "ch")[0]
+    up_ids, uni_ids = (tokenizer([clean(tgt, 32)], max_length=32, truncation=True)["input_ids"][0]
+                       for clean in (clean_caption, clean_caption_unicode))
+    assert up_ids != uni_ids and TrainDataset(cfg, tokenizer).tgt[0] == up_ids
+    cfg.data.unicode_cleaning = True
+    unicode = build_eval_data(cfg, "test", "ch", tokenizer).captions
+    assert unicode == [clean_caption_unicode(c, 32) for c in raw] and not any("，" in c for c in unicode)
+    assert TrainDataset(cfg, tokenizer).tgt[0] == uni_ids
 
 
 def _broken_copy(src, dst):

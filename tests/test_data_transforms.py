@@ -1,4 +1,4 @@
-"""Image transforms: shape, normalisation, two distinct random operations, any input mode."""
+"""Image transforms as upstream builds them: resizes, two ops drawn with replacement, black erasing, any input mode."""
 from __future__ import annotations
 
 import itertools
@@ -7,16 +7,29 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
 
 from data.datasets import open_image
-from data.transforms import MEAN, OP_NAMES, STD, TwoDistinctOps, build_transforms, to_rgb
+from data.transforms import MEAN, OP_NAMES, STD, TwoRandomOps, build_transforms, to_rgb
 from tests.data_fixtures import make_config
+
+FINISH = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
 def _cfg(tmp_path, h=32, w=16):
     cfg = make_config(tmp_path)
     cfg.experiment.input_resolution = [h, w]
     return cfg
+
+
+def _noise(h: int, w: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def _random_ops(t: T.Compose) -> TwoRandomOps:
+    return next(op for op in t.transforms if isinstance(op, TwoRandomOps))
 
 
 def test_test_transform_shape_and_normalisation(tmp_path):
@@ -27,9 +40,20 @@ def test_test_transform_shape_and_normalisation(tmp_path):
     assert torch.allclose(x.mean(dim=(1, 2)), torch.tensor(expected), atol=1e-4)
 
 
+def test_test_resize_is_bicubic_antialiased_train_resize_bilinear(tmp_path):
+    img = _noise(90, 40)
+    bicubic = FINISH(F.resize(img, [48, 24], InterpolationMode.BICUBIC, antialias=True))
+    bilinear = FINISH(F.resize(img, [48, 24], InterpolationMode.BILINEAR, antialias=True))
+    assert not torch.allclose(bicubic, bilinear, atol=1e-3)
+    assert torch.equal(build_transforms(_cfg(tmp_path, 48, 24), train=False)(img), bicubic)
+    train = build_transforms(_cfg(tmp_path, 48, 24), train=True)
+    _random_ops(train).ops = [lambda x: x] * len(OP_NAMES)  # resize, tensor and normalise only
+    assert torch.equal(train(img), bilinear)
+
+
 def test_train_transform_shape_and_range(tmp_path):
     t = build_transforms(_cfg(tmp_path, 48, 24), train=True)
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 40, 3), dtype=np.uint8))
+    img = _noise(90, 40)
     for _ in range(30):
         x = t(img)
         assert x.shape == (3, 48, 24)
@@ -38,47 +62,81 @@ def test_train_transform_shape_and_range(tmp_path):
         assert lo - 1e-4 <= x.min() and x.max() <= hi + 1e-4
 
 
-def test_two_distinct_operations_cover_all_pairs():
-    ops = TwoDistinctOps(32, 16)
+def test_two_operations_are_drawn_with_replacement():
+    ops = TwoRandomOps(32, 16)
     torch.manual_seed(0)
-    pairs = set()
-    for _ in range(600):
-        a, b = ops.choose()
-        assert a != b
-        pairs.add(frozenset((a, b)))
-    assert pairs == {frozenset(p) for p in itertools.combinations(range(len(OP_NAMES)), 2)}
+    pairs = [tuple(ops.choose()) for _ in range(1000)]
+    assert set(pairs) == set(itertools.product(range(len(OP_NAMES)), repeat=2))  # (k, k) included
+    assert 110 <= sum(a == b for a, b in pairs) <= 225  # 1/6 of the draws repeat an operation
 
 
-def _apply(ops: TwoDistinctOps, chosen: list[int], img: Image.Image) -> torch.Tensor:
-    ops.choose = lambda: chosen
-    return ops(img)
-
-
-def test_each_drawn_operation_acts():
-    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 32, 3), dtype=np.uint8))
-    ops = TwoDistinctOps(64, 32)
-    plain = ops.finish(img)
-    for k in (0, 1, 2, 5):  # always act
-        torch.manual_seed(k)
-        assert not torch.allclose(_apply(ops, [k], img), plain), OP_NAMES[k]
-    flipped = ops.finish(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
-    gray = ops.finish(img.convert("L").convert("RGB"))
-    n_flip = n_gray = 0
-    for seed in range(400):  # flip and grayscale act with torchvision's default probabilities
+def test_same_seed_same_output_other_seed_differs(tmp_path):
+    t = build_transforms(_cfg(tmp_path, 48, 24), train=True)
+    img = _noise(90, 40, seed=3)
+    outs = []
+    for seed in range(6):
         torch.manual_seed(seed)
-        out = _apply(ops, [4], img)
-        assert torch.allclose(out, flipped) or torch.allclose(out, plain)
-        n_flip += torch.allclose(out, flipped)
-        out = _apply(ops, [3], img)
-        assert torch.allclose(out, gray) or torch.allclose(out, plain)
-        n_gray += torch.allclose(out, gray)
-    assert 160 <= n_flip <= 240 and 20 <= n_gray <= 65, (n_flip, n_gray)
+        a = t(img)
+        torch.manual_seed(seed)
+        assert torch.equal(a, t(img))
+        outs.append(a)
+    assert sum(not torch.equal(outs[0], o) for o in outs[1:]) >= 4
+
+
+def test_rotation_is_nearest_with_black_fill():
+    rotate = TwoRandomOps(64, 32).ops[OP_NAMES.index("rotation")]
+    x = torch.where(torch.rand(3, 64, 32, generator=torch.Generator().manual_seed(0)) < 0.5, 0.25, 0.75)
+    changed = 0
+    for seed in range(10):
+        torch.manual_seed(seed)
+        out = rotate(x)
+        changed += not torch.equal(out, x)
+        assert set(out.unique().tolist()) <= {0.0, 0.25, 0.75}  # bilinear would blend neighbours
+    assert changed >= 8
+
+
+def test_erasing_box_is_black_after_normalisation(tmp_path):
+    t = build_transforms(_cfg(tmp_path, 64, 32), train=True)
+    ops = _random_ops(t)
+    ops.choose = lambda: [OP_NAMES.index("erasing")] * 2
+    black = T.Normalize(MEAN, STD)(torch.zeros(3, 1, 1))
     flat = Image.new("RGB", (32, 64), (200, 30, 30))
-    for seed in range(20):
+    plain = FINISH(flat)
+    erased = 0
+    for seed in range(40):
         torch.manual_seed(seed)
-        erased = _apply(ops, [5, 4], flat)
-        frac = float((erased == 0).all(dim=0).float().mean())
-        assert 0.08 <= frac <= 0.22
+        x = t(flat)
+        box = (x == black).all(dim=0)
+        if box.any():
+            erased += 1
+            assert torch.equal(x[:, ~box], plain[:, ~box])  # the rest is untouched
+            assert 0.08 * 64 * 32 <= int(box.sum()) <= 2 * 0.22 * 64 * 32  # one or two boxes of 10-20%
+    assert 20 <= erased <= 38  # each of the two draws erases with p 0.5: 3/4 of the images
+
+
+def test_flip_grayscale_erasing_keep_torchvision_probabilities():
+    ops = TwoRandomOps(64, 32)
+    x = T.ToTensor()(_noise(64, 32, seed=1))
+    flip, gray, erase = (ops.ops[OP_NAMES.index(k)] for k in ("hflip", "grayscale", "erasing"))
+    n_flip = n_gray = n_erase = 0
+    for seed in range(400):
+        torch.manual_seed(seed)
+        out = flip(x)
+        assert torch.equal(out, x.flip(-1)) or torch.equal(out, x)
+        n_flip += torch.equal(out, x.flip(-1))
+        out = gray(x)
+        n_gray += not torch.equal(out, x)
+        n_erase += not torch.equal(erase(x), x)
+    assert 160 <= n_flip <= 240 and 20 <= n_gray <= 65 and 160 <= n_erase <= 240, (n_flip, n_gray, n_erase)
+
+
+def test_jitter_and_crop_always_act_and_keep_the_size():
+    ops = TwoRandomOps(64, 32)
+    x = T.ToTensor()(_noise(64, 32, seed=2))
+    for name in ("color_jitter", "resized_crop"):
+        torch.manual_seed(0)
+        out = ops.ops[OP_NAMES.index(name)](x)
+        assert out.shape == x.shape and not torch.allclose(out, x), name
 
 
 MODES = {
@@ -111,10 +169,3 @@ def test_image_files_in_odd_modes_load(tmp_path, mode, ext):
     MODES[mode]().save(path)
     img = open_image(str(path), (32, 16))
     assert build_transforms(_cfg(tmp_path), False)(img).shape == (3, 32, 16)
-
-
-def test_very_large_jpeg_loads(tmp_path):
-    path = tmp_path / "big.jpg"
-    Image.new("RGB", (6000, 4000), (90, 120, 30)).save(path, quality=50)
-    img = open_image(str(path), (32, 16))
-    assert max(img.size) <= 6000 and build_transforms(_cfg(tmp_path), True)(img).shape == (3, 32, 16)

@@ -6,6 +6,7 @@ import torch
 
 from model import BiIRRA, build_model, build_tokenizer
 from tests.model_fixtures import make_batch, tiny_config, tiny_text_dir  # noqa: F401 - fixture
+from tests.recompute import assert_recomputed, block_calls
 from utils.config import ConfigError
 
 
@@ -26,17 +27,60 @@ def params_without_grad(model: BiIRRA) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
 
 
+def without_dropout(model: BiIRRA) -> BiIRRA:
+    """Train mode with every dropout at 0, so that a second pass over the same batch gives the same numbers."""
+    model.train()
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+    for layer in model.cross_encoder.layer:
+        layer.attention.self.dropout = layer.crossattention.self.dropout = 0.0
+    return model
+
+
+def itc_by_hand(model: BiIRRA, batch: dict[str, torch.Tensor]) -> float:
+    """SPEC's identity-aware ITC written out: per caption language, the mean of the image->text
+    and text->image cross-entropies against row-normalised same-person targets; then averaged."""
+    with torch.no_grad():
+        image = model.image_feature(model.encode_image(batch["images"]))
+        temp = float(model.temperature())
+        pids = batch["pids"].tolist()
+        total = 0.0
+        for lang, target in (("src", False), ("tgt", True)):
+            text = model.text_feature(model.encode_text(batch[f"{lang}_ids"], batch[f"{lang}_mask"]), target=target)
+            for a, b in ((image, text), (text, image)):
+                logits = (a @ b.t() / temp).double()
+                per_row = []
+                for i in range(len(pids)):
+                    same = [j for j in range(len(pids)) if pids[j] == pids[i]]
+                    log_z = float(torch.logsumexp(logits[i], 0))
+                    per_row.append(sum(log_z - float(logits[i, j]) for j in same) / len(same))
+                total += 0.25 * sum(per_row) / len(per_row)
+    return total
+
+
 def test_full_loss_forward_backward(tiny_text_dir, tmp_path, tokenizer) -> None:  # noqa: F811
     torch.manual_seed(0)
     cfg = tiny_config(tiny_text_dir, tmp_path)
     model, tok = build_model(cfg)
     batch = make_batch(cfg, tok, [0, 0, 1, 2, 3, 3])
+    without_dropout(model)
+    torch.manual_seed(3)
     losses = run_step(model, batch)
     assert set(losses) == {"itc", "itm", "mlm", "mim"}
     for name, value in losses.items():
         assert value.ndim == 0 and torch.isfinite(value), name
     assert params_without_grad(model) == []
-    assert model.temp.grad is not None
+    assert model.temp.grad is not None and float(model.temp.grad) != 0.0
+    assert losses["itc"].item() == pytest.approx(itc_by_hand(model, batch), rel=1e-5)
+    # the configured weights scale their terms exactly (same weights, same negatives drawn)
+    heavy = tiny_config(tiny_text_dir, tmp_path, "itm.weight=2.5", "mim.weight=0.5")
+    twin = without_dropout(BiIRRA(heavy))
+    twin.load_state_dict(model.state_dict())
+    torch.manual_seed(3)
+    weighted = twin(batch)
+    for name, factor in (("itc", 1.0), ("mlm", 1.0), ("itm", 2.5 / cfg.itm.weight), ("mim", 0.5 / cfg.mim.weight)):
+        assert weighted[name].item() == pytest.approx(factor * losses[name].item(), rel=1e-5), name
 
 
 def test_mim_teacher_gets_no_gradient(tiny_text_dir, tmp_path, tokenizer) -> None:  # noqa: F811
@@ -97,11 +141,24 @@ def test_tl_text_proj_starts_as_copy_and_is_used_for_target(tiny_text_dir, tmp_p
     torch.testing.assert_close(model.text_feature(text, target=False).norm(dim=-1), torch.ones(2))
 
 
-def test_all_same_person_batch(tiny_text_dir, tmp_path, tokenizer) -> None:  # noqa: F811
+def test_all_same_person_batch(tiny_text_dir, tmp_path, tokenizer, monkeypatch) -> None:  # noqa: F811
+    """No caption or image of another person: ITM gets only the positive pairs (no pair is
+    labelled a non-match), and ITC's targets are uniform over the whole batch."""
     cfg = tiny_config(tiny_text_dir, tmp_path)
-    model = BiIRRA(cfg)
-    losses = run_step(model, make_batch(cfg, tokenizer, [5, 5, 5]))
+    model = without_dropout(BiIRRA(cfg))
+    batch = make_batch(cfg, tokenizer, [5, 5, 5])
+    pairs = []
+    original = BiIRRA.itm_logits
+
+    def spy(self, text_embeds, text_mask, image_embeds=None, image_kv=None):
+        pairs.append(text_embeds.shape[0])
+        return original(self, text_embeds, text_mask, image_embeds, image_kv)
+
+    monkeypatch.setattr(BiIRRA, "itm_logits", spy)
+    losses = run_step(model, batch)
     assert all(torch.isfinite(v) for v in losses.values())
+    assert pairs == [3, 3]  # source and target ITM: the 3 positive pairs each, nothing else
+    assert losses["itc"].item() == pytest.approx(itc_by_hand(model, batch), rel=1e-5)
 
 
 def test_itm_hard_negatives_are_other_persons(tiny_text_dir, tmp_path, tokenizer, monkeypatch) -> None:  # noqa: F811
@@ -144,7 +201,7 @@ def test_temperature_is_clamped(tiny_text_dir, tmp_path) -> None:  # noqa: F811
     assert model.temperature().item() == pytest.approx(0.5)
 
 
-def test_grad_checkpointing_gives_same_losses(tiny_text_dir, tmp_path, tokenizer) -> None:  # noqa: F811
+def test_grad_checkpointing_gives_same_losses_and_gradients(tiny_text_dir, tmp_path, tokenizer) -> None:  # noqa: F811
     cfg = tiny_config(tiny_text_dir, tmp_path)
     torch.manual_seed(0)
     plain = BiIRRA(cfg).eval()
@@ -154,19 +211,21 @@ def test_grad_checkpointing_gives_same_losses(tiny_text_dir, tmp_path, tokenizer
     batch = make_batch(cfg, tokenizer, [0, 1, 2])
     # checkpointing only acts in train mode, so compare in train mode with every dropout at 0
     for m in (plain, ckpt):
-        m.train()
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.Dropout):
-                mod.p = 0.0
-        for layer in m.cross_encoder.layer:
-            layer.attention.self.dropout = layer.crossattention.self.dropout = 0.0
-    torch.manual_seed(1)
-    a = plain(batch)
-    torch.manual_seed(1)
-    b = ckpt(batch)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
-    sum(b.values()).backward()
+        without_dropout(m)
+    losses, grads = {}, {}
+    for name, m in (("plain", plain), ("ckpt", ckpt)):
+        with block_calls(m) as (counts, phase):
+            torch.manual_seed(1)
+            losses[name] = m(batch)
+            phase["backward"] = True
+            sum(losses[name].values()).backward()
+        assert_recomputed(counts, checkpointing=name == "ckpt")  # checkpointing really is on (and off)
+        grads[name] = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+    for k in losses["plain"]:
+        torch.testing.assert_close(losses["plain"][k], losses["ckpt"][k], atol=1e-5, rtol=1e-5)
+    assert grads["plain"].keys() == grads["ckpt"].keys()
+    for n, g in grads["plain"].items():
+        torch.testing.assert_close(grads["ckpt"][n], g, atol=1e-5, rtol=1e-4, msg=n)
     assert params_without_grad(ckpt) == []
 
 

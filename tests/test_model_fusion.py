@@ -94,13 +94,31 @@ def test_image_tokens_as_queries_without_mask() -> None:
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_precomputed_cross_kv_is_identical() -> None:
+def test_precomputed_cross_kv_equals_the_plain_reference() -> None:
+    """Keys/values from ``cross_kv``, passed in place of the context, give what the written-out
+    reference computes from the context itself, for each of two contexts (so they are used,
+    not ignored); and the same as passing the context."""
     torch.manual_seed(0)
     enc = FusionEncoder(CONFIG, 2).eval()
     x, mask, ctx, _ = inputs()
-    assert torch.equal(enc(x, mask, context=ctx), enc(x, mask, cross_kv=enc.cross_kv(ctx)))
+    every_token = torch.ones(ctx.shape[:2])
+    valid = mask.bool()
+    outputs = []
+    for context in (ctx, torch.randn_like(ctx)):
+        kv = enc.cross_kv(context)
+        assert len(kv) == 2 and all(k.shape == v.shape == (3, 4, 5, 8) for k, v in kv)  # [B, heads, Lk, head_dim]
+        got = enc(x, mask, cross_kv=kv)
+        ref = x
+        for layer in enc.layer:
+            ref = reference_layer(layer, ref, mask, context, every_token, CONFIG.num_attention_heads)
+        torch.testing.assert_close(got[valid], ref[valid], atol=1e-5, rtol=1e-5)
+        assert torch.equal(got, enc(x, mask, context=context))
+        outputs.append(got)
+    assert not torch.allclose(outputs[0][valid], outputs[1][valid])
     with pytest.raises(ValueError):
         enc(x, mask)
+    with pytest.raises(ValueError):
+        enc(x, mask, context=ctx, cross_kv=enc.cross_kv(ctx))
 
 
 def test_itm_score_with_image_kv_is_identical(tiny_text_dir, tmp_path) -> None:  # noqa: F811

@@ -68,6 +68,17 @@ def test_hard_negatives_follow_similarity() -> None:
     assert counts[0] == 0 and counts[1] > 290
 
 
+def test_hard_negative_weights_are_smoothed_as_upstream() -> None:
+    """Upstream adds 1e-5 to softmax(sim / temp) before zeroing positives: two negatives whose
+    own softmax weights underflow (1e-13, 1e-26) are then drawn about equally often."""
+    torch.manual_seed(0)
+    pids = torch.tensor([0, 1, 2])
+    sim = torch.tensor([[0.0, -30.0, -60.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    draws = torch.stack([sample_negatives(sim, pids, pids, torch.tensor(1.0))[0][0] for _ in range(400)])
+    assert set(draws.tolist()) == {1, 2}
+    assert 150 < int((draws == 2).sum()) < 250
+
+
 def test_rows_without_other_person_get_no_negative() -> None:
     same = torch.zeros(4, dtype=torch.long)
     idx, valid = sample_negatives(torch.randn(4, 4), same, same, torch.tensor(0.07))
@@ -91,19 +102,24 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, img: torch.Tensor, txt: torch.Tensor, pids: torch.Tensor,
-            out: dict) -> None:
+            with_grad: bool, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     b = img.shape[0] // world
     sl = slice(rank * b, (rank + 1) * b)
     i, t = img[sl].clone().requires_grad_(), txt[sl].clone().requires_grad_()
-    loss = itc_loss(i, t, pids[sl], torch.tensor(0.1))
+    loss = itc_loss(i, t, pids[sl], torch.tensor(0.1), gather_with_grad=with_grad)
     loss.backward()
     out[rank] = (loss.item(), i.grad.clone(), t.grad.clone())
     dist.destroy_process_group()
 
 
-def test_two_process_itc_equals_single_process_on_concatenated_batch() -> None:
+@pytest.mark.parametrize("with_grad", [False, True], ids=["upstream-local-slice", "gather_with_grad"])
+def test_two_process_itc_against_single_process_on_concatenated_batch(with_grad: bool) -> None:
+    """Upstream (default): each process computes the global loss and keeps only the local
+    slice of its own gradient, i.e. exactly the single-process gradient of its rows, which
+    DDP's averaging then scales by 1/2. gather_with_grad: local rows, summed gradient, so
+    the DDP average (grad / 2) equals the single-process gradient."""
     torch.manual_seed(0)
     img, txt = F.normalize(torch.randn(6, 8), dim=1), F.normalize(torch.randn(6, 8), dim=1)
     pids = torch.tensor([0, 1, 1, 2, 0, 3])
@@ -111,10 +127,13 @@ def test_two_process_itc_equals_single_process_on_concatenated_batch() -> None:
     single = itc_loss(i, t, pids, torch.tensor(0.1))
     single.backward()
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), img, txt, pids, out), nprocs=2, join=True)
-    assert (out[0][0] + out[1][0]) / 2 == pytest.approx(single.item(), rel=1e-5)
-    # DDP averages gradients over the 2 processes: (grad on rank) / 2 == single-process grad
+    mp.spawn(_worker, args=(2, _free_port(), img, txt, pids, with_grad, out), nprocs=2, join=True)
+    scale = 2 if with_grad else 1
+    if with_grad:
+        assert (out[0][0] + out[1][0]) / 2 == pytest.approx(single.item(), rel=1e-5)
+    else:
+        assert out[0][0] == pytest.approx(single.item(), rel=1e-6) and out[1][0] == pytest.approx(single.item(), rel=1e-6)
     for rank in range(2):
         sl = slice(rank * 3, rank * 3 + 3)
-        torch.testing.assert_close(out[rank][1] / 2, i.grad[sl], atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(out[rank][2] / 2, t.grad[sl], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(out[rank][1] / scale, i.grad[sl], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(out[rank][2] / scale, t.grad[sl], atol=1e-6, rtol=1e-5)

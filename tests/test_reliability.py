@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 import main as cli
@@ -66,12 +67,24 @@ def test_nonfinite_loss_is_skipped_and_counted_when_asked(tiny_data, tmp_path, m
     assert len(skips) == 1 and skips[0]["term"] == "mlm"
 
 
-def test_dead_worker_ends_the_whole_job_quickly():
+@pytest.mark.parametrize("survivor", ["collective", "compute"])
+def test_dead_worker_ends_the_whole_job(survivor):
+    """Rank 1 is SIGKILLed while rank 0 waits in a collective (whose timeout, an hour, is far
+    away) or computes without one. torchrun's agent sees the dead worker and stops rank 0
+    with SIGTERM (in a collective, gloo's closed-connection error may stop it first).
+    The seconds from the kill to the end of the job are printed (docs/reliability.md quotes
+    them), not asserted: the subprocess timeout only guards against a hang."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "tests" / "dist_scripts" / "worker_dies.py")]
-    start = time.time()
-    r = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
-    elapsed = time.time() - start
+           str(ROOT / "tests" / "dist_scripts" / "worker_dies.py"), survivor]
+    r = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    end = time.time()
     assert r.returncode != 0
-    assert "rank 0 ready" in r.stdout and "rank 1 ready" in r.stdout
-    assert elapsed < 60, elapsed
+    assert "rank 0 in collectives" in r.stdout and "rank 1 in collectives" in r.stdout
+    assert "still running" not in r.stdout
+    killed = float(re.search(r"rank 1 killed at ([0-9.]+)", r.stdout).group(1))
+    # torchrun's failure report: rank 1 died of SIGKILL; rank 0 was stopped by the agent's SIGTERM
+    # (or, waiting in a collective, by gloo's error: exit code 1)
+    assert re.search(r"rank\s+: 1 \(local_rank: 1\)\s+exitcode\s+: -9 .*\(SIGKILL\)", r.stderr), r.stderr[-3000:]
+    rank0 = "(-15|1)" if survivor == "collective" else "-15"
+    assert re.search(rf"rank\s+: 0 \(local_rank: 0\)\s+exitcode\s+: {rank0} ", r.stderr), r.stderr[-3000:]
+    print(f"{survivor}: job ended {end - killed:.1f} s after rank 1 was killed")

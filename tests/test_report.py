@@ -1,4 +1,6 @@
-"""Evaluation report: report.md numbers equal metrics.json, PNGs valid and of the layout's size, CJK fallback, speed."""
+"""Evaluation report: report.md numbers equal metrics.json and the rankings, cmc.png draws the
+CMC values where they belong, examples.png shows the right images in the right frames, CJK
+fallback, speed."""
 from __future__ import annotations
 
 import json
@@ -14,6 +16,7 @@ from PIL import Image
 from engine import report
 from engine.evaluate import EvalResult
 from engine.report import write_reports
+from tests.image_checks import CYCLE, assert_series_drawn, axes_boxes, pixels
 from tests.retrieval_fixtures import trained_run  # noqa: F401
 from utils.metrics import per_query_stats, summarize
 
@@ -21,7 +24,8 @@ CAPTIONS = {"en": "a man in a red shirt", "ch": "一个穿红色衬衫的男人"
 
 
 def fake_eval(root: Path, ids: int, per_id: int, captions_per_image: int, seed: int = 0):
-    """Results and eval sets of two aligned languages over real PNG files, with random rankings."""
+    """Results and eval sets of two aligned languages over real one-colour PNG files, with a
+    random ranking per language."""
     root.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
     paths, pids = [], []
@@ -34,15 +38,76 @@ def fake_eval(root: Path, ids: int, per_id: int, captions_per_image: int, seed: 
             pids.append(i)
     gallery_pids = torch.tensor(pids)
     query_pids = gallery_pids.repeat_interleave(captions_per_image)
-    order = torch.stack([torch.randperm(len(paths), generator=g) for _ in query_pids])
     results, sets = {}, {}
     for lang, caption in CAPTIONS.items():
+        order = torch.stack([torch.randperm(len(paths), generator=g) for _ in query_pids])
         stats = per_query_stats(gallery_pids[order] == query_pids[:, None])
         stats["top"] = order[:, :10]
         results[lang] = EvalResult(summarize(stats), stats)
         sets[lang] = SimpleNamespace(gallery_paths=paths, gallery_pids=gallery_pids, query_pids=query_pids,
                                      captions=[f"{caption} {q}" for q in range(len(query_pids))])
     return results, sets
+
+
+def cmc_of_rankings(top: torch.Tensor, gallery_pids: torch.Tensor, query_pids: torch.Tensor) -> list[float]:
+    """Rank-k (%) for k = 1..20 from complete rankings, counted here (not with utils.metrics)."""
+    firsts = [next(j + 1 for j, g in enumerate(row) if gallery_pids[g] == query_pids[q]) for q, row in
+              enumerate(top.tolist())]
+    return [100.0 * sum(f <= k for f in firsts) / len(firsts) for k in range(1, 21)]
+
+
+def report_cmc(text: str) -> dict[str, list[float]]:
+    """Per language section of report.md: its CMC line's values."""
+    out = {}
+    for section in text.split("\n## ")[1:]:
+        line = next(x for x in section.splitlines() if x.startswith("CMC, Rank-k for k = 1..20 (%): "))
+        out[section.splitlines()[0].strip()] = [float(v) for v in line.split(": ", 1)[1].split(", ")]
+    return out
+
+
+def report_examples(text: str) -> dict[str, list[list[bool]]]:
+    """Per language section of report.md: per example query, its top-5 marks (True = + = same person)."""
+    out = {}
+    for section in text.split("\n## ")[1:]:
+        rows = [x.rsplit(" -> ", 1)[1].split(", ") for x in section.splitlines() if x.startswith(("- best", "- worst"))]
+        out[section.splitlines()[0].strip()] = [[m[0] == "+" for m in row] for row in rows]
+    return out
+
+
+def assert_cmc_png(path: Path, curves: dict[str, list[float]]) -> None:
+    """Each language's line (matplotlib colours C0, C1, ... in order) passes through (k, Rank-k)
+    for k = 1..20 on axes spanning x 0.5..20.5 and y 0..102 (draw_cmc's fixed limits)."""
+    img = pixels(path)
+    boxes = axes_boxes(img)
+    assert len(boxes) == 1, boxes
+    series = [(CYCLE[i], list(enumerate(values, 1))) for i, values in enumerate(curves.values())]
+    assert_series_drawn(img, boxes[0], series, xlim=(0.5, 20.5), ylim=(0.0, 102.0))
+
+
+def cell_origin(row_y: int, j: int) -> tuple[int, int]:
+    return report.PAD + report.TEXT_W + j * (report.CELL_W + report.GAP), row_y
+
+
+def assert_examples_png(path: Path, marks: dict[str, list[list[bool]]],
+                        shown: dict[str, list[list[str]]] | None = None) -> None:
+    """Per language and example row (in report.md's order), each top-5 cell is framed green
+    when the same person and red otherwise, and (when ``shown`` gives the gallery files)
+    shows that file's colour in its middle."""
+    img = pixels(path)
+    assert img.shape[:2] == (report.examples_height([len(m) for m in marks.values()]), report.EXAMPLES_W)
+    y = report.PAD
+    for lang, rows in marks.items():
+        y += report.HEADER_H
+        for r, row in enumerate(rows):
+            for j, same in enumerate(row):
+                x, top = cell_origin(y, j)
+                assert tuple(img[top + 1, x + 1]) == (report.GREEN if same else report.RED), (lang, r, j)
+                if shown is not None:
+                    with Image.open(shown[lang][r][j]) as im:
+                        want = im.convert("RGB").getpixel((0, 0))
+                    middle = img[top + report.BORDER + report.THUMB_H // 2, x + report.BORDER + report.THUMB_W // 2]
+                    assert tuple(middle) == want, (lang, r, j)
+            y += report.CELL_H + report.GAP
 
 
 def report_tables(text: str) -> dict[str, dict[str, str]]:
@@ -69,28 +134,40 @@ def assert_numbers_equal(report_md: str, metrics: dict) -> None:
 def test_report_of_a_training_run_matches_its_metrics_json(trained_run):
     run = trained_run.run
     metrics = json.loads((run / "metrics.json").read_text())
-    assert_numbers_equal((run / "report.md").read_text(encoding="utf-8"), metrics)
-    with Image.open(run / "cmc.png") as im:
-        assert im.format == "PNG" and im.size == report.CMC_SIZE
-    with Image.open(run / "examples.png") as im:
-        im.load()
-        assert im.format == "PNG"
-        assert im.size == (report.EXAMPLES_W, report.examples_height([4, 4]))
+    text = (run / "report.md").read_text(encoding="utf-8")
+    assert_numbers_equal(text, metrics)
+    cmc = report_cmc(text)
+    assert cmc.keys() == metrics.keys()
+    for lang, values in cmc.items():
+        for k in (1, 5, 10):
+            assert values[k - 1] == pytest.approx(metrics[lang][f"R{k}"], abs=0.05), (lang, k)
+        assert values == sorted(values) and values[-1] == 100.0  # 18 test images, 3 per person: all found by rank 16
+    assert_cmc_png(run / "cmc.png", cmc)
+    assert_examples_png(run / "examples.png", report_examples(text))
 
 
-def test_files_sizes_and_numbers(tmp_path):
+def test_files_and_their_content(tmp_path):
     results, sets = fake_eval(tmp_path / "imgs", ids=5, per_id=2, captions_per_image=2)
     out = tmp_path / "out"
     write_reports(out, results, sets, "test")
     assert sorted(p.name for p in out.iterdir()) == ["cmc.png", "examples.png", "report.md"]  # no temporary files left
     metrics = {lang: r.metrics for lang, r in results.items()}
-    assert_numbers_equal((out / "report.md").read_text(encoding="utf-8"), json.loads(json.dumps(metrics)))
-    with Image.open(out / "examples.png") as im:
-        im.load()
-        assert im.size == (report.EXAMPLES_W, report.examples_height([4, 4]))
-    with Image.open(out / "cmc.png") as im:
-        im.load()
-        assert im.size == report.CMC_SIZE
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert_numbers_equal(text, json.loads(json.dumps(metrics)))
+    # 10 gallery images: stats["top"] holds every ranking whole, so the CMC can be counted from it
+    want = {lang: cmc_of_rankings(r.stats["top"], sets[lang].gallery_pids, sets[lang].query_pids)
+            for lang, r in results.items()}
+    assert want["en"] != want["ch"]
+    assert report_cmc(text) == {lang: [round(v, 1) for v in values] for lang, values in want.items()}
+    assert_cmc_png(out / "cmc.png", want)
+    marks, shown = {}, {}
+    for lang, r in results.items():
+        top = [r.stats["top"][q, :report.EXAMPLES_TOP].tolist() for _, q in report.pick_examples(r.stats)]
+        marks[lang] = [[bool(sets[lang].gallery_pids[g] == sets[lang].query_pids[q]) for g in row]
+                       for row, (_, q) in zip(top, report.pick_examples(r.stats))]
+        shown[lang] = [[sets[lang].gallery_paths[g] for g in row] for row in top]
+    assert report_examples(text) == marks
+    assert_examples_png(out / "examples.png", marks, shown)
 
 
 def test_examples_are_the_best_then_the_worst_queries():

@@ -8,13 +8,16 @@ import torch
 from model import build_model
 from model.fusion import FusionEncoder
 from tests.model_fixtures import make_batch, tiny_config, tiny_text_dir  # noqa: F401 - fixture
+from tests.recompute import assert_recomputed, block_calls
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def count_work(model, batch, monkeypatch) -> tuple[list, list, list]:
-    """Inputs of every vision-encoder call, text-encoder call and cross key/value computation."""
+    """Inputs of every vision-encoder call, text-encoder call and cross key/value computation
+    in a training step (forward and backward); checks that checkpointed blocks, and only
+    those, ran again in the backward pass."""
     vision, text, contexts = [], [], []
     model.vision_encoder.register_forward_hook(lambda m, args, out: vision.append((args, out)))
     model.text_encoder.register_forward_hook(lambda m, args, out: text.append(args[0]))
@@ -26,7 +29,11 @@ def count_work(model, batch, monkeypatch) -> tuple[list, list, list]:
 
     monkeypatch.setattr(FusionEncoder, "cross_kv", cross_kv)
     model.train()
-    sum(model(batch).values()).backward()
+    with block_calls(model) as (counts, phase):
+        losses = model(batch)
+        phase["backward"] = True
+        sum(losses.values()).backward()
+    assert_recomputed(counts, checkpointing=model.cfg.model.grad_checkpointing)
     return vision, text, contexts
 
 
@@ -37,7 +44,7 @@ def test_each_image_encoded_once(tiny_text_dir, tmp_path, monkeypatch, overrides
     model, tok = build_model(cfg)
     batch = make_batch(cfg, tok, [0, 0, 1, 2])
     vision, text, contexts = count_work(model, batch, monkeypatch)
-    # with grad checkpointing the backward pass re-runs checkpointed blocks, not the encoder's forward
+    # with grad checkpointing the backward pass re-runs checkpointed blocks (checked in count_work), not the encoder's forward
     masks = [args[1] for args, _ in vision]
     assert len(vision) == 2 and masks[0] is None and torch.equal(masks[1], batch["image_mask"])
     unmasked, masked = (out for _, out in vision)

@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from data.annotations import DataError, pair_entries, read_entries
-from data.text import clean_caption
+from data.text import has_words
 
 SPLITS = ("train", "val", "test")
 
@@ -64,7 +64,7 @@ def convert_raw(path: Path) -> tuple[dict[str, list[dict]], int]:
             raise DataError(f"{where}: 'id' must be an integer, got {pid!r}")
         if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
             raise DataError(f"{where}: 'captions' must be a list of strings")
-        kept = [c.strip() for c in caps if clean_caption(c)]
+        kept = [c.strip() for c in caps if has_words(c)]
         dropped += len(caps) - len(kept)
         if kept:
             out[split].append({"file_path": fp, "id": pid, "captions": kept})
@@ -84,7 +84,7 @@ def merge_translation(english: dict[str, list[dict]], path: Path, lang: str) -> 
             caps = mapping.get(e["file_path"])
             if caps is None:
                 raise DataError(f"{path}: no {lang} captions for {e['file_path']!r} ({split} entry {i})")
-            if not isinstance(caps, list) or not all(isinstance(c, str) and clean_caption(c) for c in caps):
+            if not isinstance(caps, list) or not all(isinstance(c, str) and has_words(c) for c in caps):
                 raise DataError(f"{path}: {e['file_path']!r}: expected a list of non-empty caption strings")
             if len(caps) != len(e["captions"]):
                 raise DataError(f"{path}: {e['file_path']!r} has {len(caps)} {lang} captions but "

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from utils.config import LANGUAGES
 from utils.errors import InputError
 
 COLUMNS = 10  # result cells per row of the grid
@@ -32,9 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True, help="checkpoint written by training (e.g. runs/demo/best_en.pth)")
     p.add_argument("--gallery", required=True, help="folder of images (searched recursively without --annotations)")
     p.add_argument("--query", required=True, help="the caption to search for")
-    p.add_argument("--lang", choices=LANGUAGES, default=None,
-                   help="language of the query (default: the model's source language); the model's target "
-                        "language uses its target-language projection")
+    p.add_argument("--lang", default=None,
+                   help="language code of the query (default: the model's source language); the model's "
+                        "target language (and data.tl_proj_languages) use the target-language projection")
     p.add_argument("--top-k", type=int, default=10, help="number of results")
     p.add_argument("--no-rerank", action="store_true", help="rank by cosine similarity only (no ITM re-ranking)")
     p.add_argument("--out", default="search.png", help="PNG grid of the results")
@@ -70,12 +69,12 @@ def gallery_from_annotations(gallery: str, annotations: str) -> tuple[list[str],
 
 def query_person(query: str, entries: list, query_id: int | None) -> int | None:
     """--query-id, or the id of the entry with a caption equal to the query after cleaning, or None."""
-    from data.text import clean_caption
+    from data.text import clean_caption_unicode as clean
 
     if query_id is not None:
         return query_id
-    want = clean_caption(query)
-    return next((e.id for e in entries for c in e.captions if clean_caption(c) == want), None)
+    want = clean(query)  # the forgiving cleaning: punctuation differences do not matter here
+    return next((e.id for e in entries for c in e.captions if clean(c) == want), None)
 
 
 def draw_grid(query: str, lang: str, how: str, hits: list, marks: list[bool | None], out: Path) -> tuple[int, int]:

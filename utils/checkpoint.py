@@ -1,8 +1,9 @@
-"""Checkpoint files: atomic writes and safe (``weights_only``) reads."""
+"""Checkpoint files: atomic writes, safe (``weights_only``) reads, and the generator states they store."""
 from __future__ import annotations
 
 import os
 import pickle
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,30 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a Bi-IRRA fine-tuned checkpoint of this project "
                               "(pretrained X2-VLM checkpoints go in model.resume)")
     return ckpt
+
+
+def get_rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's generator states: the CPU one and, on CUDA, ``device``'s.
+
+    A training step draws from both: dropout, drop path and the ITM hard negatives
+    (``torch.multinomial``) use the generator of the device their tensors live on, and the
+    DataLoader takes each epoch's worker seed from the CPU one. Data order and per-sample
+    augmentation have their own seeded generators and need no state.
+    """
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restore what :func:`get_rng_state` returned. A checkpoint written on the CPU has no
+    CUDA state: the CUDA generator then keeps its seed, and the run says so."""
+    torch.set_rng_state(state["cpu"])
+    if device.type != "cuda":
+        return
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    else:
+        print("warning: the checkpoint has no CUDA generator state (written on the CPU); "
+              "random draws on the GPU differ from an uninterrupted run", file=sys.stderr)

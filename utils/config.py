@@ -1,7 +1,9 @@
 """Typed configuration: YAML -> dataclasses, validated on load.
 
 Every key of the published Bi-IRRA ``config.yaml`` has a field here with the published
-default, so a user's edited upstream file loads unchanged. Any problem (unknown key,
+default (except ``image_res``: unset, it follows the input resolution), so a user's edited
+upstream file loads unchanged; keys that cannot act are refused or reported as ignored
+(docs/reliability.md). Any problem (unknown key,
 wrong type, invalid value, missing path) raises :class:`ConfigError` whose message is a
 single line naming the file and the dotted key; ``main.py`` prints it without a traceback.
 """
@@ -11,6 +13,9 @@ import dataclasses
 import difflib
 import json
 import os
+import re
+import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +25,11 @@ import yaml
 
 from utils.errors import InputError
 
-LANGUAGES = ("en", "ch", "fr", "de")
+LANGUAGES = ("en", "ch", "fr", "de")  # the languages of the published annotation files; others work when their files exist
+LANGUAGE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # becomes part of a file name: {split}_reid_{code}.json
+
+AMP_MODES = ("fp16", "bf16", "fp32")  # schedule.amp ("off" would read as false in YAML)
+RERANK_SCORES = ("logit", "log_odds")  # model.rerank_score
 
 
 class ConfigError(InputError):
@@ -52,7 +61,7 @@ class Schedule:
     ratio_factor: float = 1.0
     grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
     skip_nonfinite: bool = False  # skip (and count) steps with a non-finite loss instead of stopping
-    amp: str = "fp16"  # CUDA training precision: fp16 (autocast + GradScaler, upstream) | bf16 | off
+    amp: str = "fp16"  # CUDA training precision: fp16 (autocast + GradScaler, upstream) | bf16 | fp32
     save_every_steps: int = 0  # also write checkpoint_last.pth every N steps inside an epoch; 0 = end of epoch only
 
 
@@ -129,13 +138,13 @@ class Data:
 @dataclass
 class Distributed:
     backend: str = "nccl"
-    url: str = "env://"
+    url: str = "env://"  # upstream's init_method; processes always join through torchrun's env://
     virtual_processes: int = 1  # V > 1: each process runs V virtual processes per optimizer step
 
 
 @dataclass
 class Config:
-    device: str = "cuda"
+    device: str | int = "cuda"  # cuda | cuda:N | cpu | N (upstream's form: CUDA device N); torchrun: LOCAL_RANK decides
     misc: Misc = field(default_factory=Misc)
     experiment: Experiment = field(default_factory=Experiment)
     schedule: Schedule = field(default_factory=Schedule)
@@ -146,9 +155,9 @@ class Config:
     sdm: Sdm = field(default_factory=Sdm)
     id: Id = field(default_factory=Id)
     vision_config: str = "config/config_beit2_base.json"
-    use_clip_vit: bool = False
+    use_clip_vit: bool = False  # upstream's encoder switches: only the BEiT-v2 setting is accepted
     use_beit_v2: bool = True
-    image_res: int = 224
+    image_res: int = 0  # upstream's square image size (published: 224); when set, must equal the input height
     patch_size: int = 16
     text_encoder: str = "data/xlm-roberta-base"
     text_num_hidden_layers: int = 18
@@ -168,15 +177,20 @@ class Config:
 
     def vision_json(self) -> dict[str, Any]:
         """The parsed ``vision_config`` JSON (sizes of the vision encoder)."""
-        return load_vision_json(self.vision_config)
+        return load_vision_json(self.vision_config, self.experiment.input_resolution)
 
 
 VISION_JSON_KEYS = {"vision_width": int, "patch_size": int, "depth": int, "num_heads": int,
                     "mlp_ratio": float, "drop_path_rate": float, "layer_scale_init": float, "ckpt": str, "image_res": int}
 
 
-def load_vision_json(path: str) -> dict[str, Any]:
-    """Read and check the vision-encoder JSON; missing sizes default to BEiT-v2 base."""
+def load_vision_json(path: str, input_resolution: list[int] | None = None) -> dict[str, Any]:
+    """Read and check the vision-encoder JSON; missing sizes default to BEiT-v2 base.
+
+    Upstream's file may also hold ``ckpt`` (pre-training weights, which fine-tuning never
+    loads: they come with model.resume), reported as ignored, and ``image_res``, which
+    must agree with ``input_resolution`` (the size the encoder is built for) when given.
+    """
     if not os.path.isfile(path):
         raise ConfigError(f"vision_config: file not found: {path}")
     try:
@@ -201,7 +215,25 @@ def load_vision_json(path: str) -> dict[str, Any]:
         out[key] = value
     if out["vision_width"] % out["num_heads"]:
         raise ConfigError(f"{path}: vision_width {out['vision_width']} is not divisible by num_heads {out['num_heads']}")
+    if input_resolution is not None and out.get("image_res", input_resolution[0]) != input_resolution[0]:
+        raise ConfigError(f"{path}: key 'image_res' is {out['image_res']} but experiment.input_resolution is "
+                          f"{input_resolution}, which the vision encoder is built for; set it to {input_resolution[0]} "
+                          "or remove it")
+    if out.get("ckpt"):
+        note_ignored(path, "ckpt", out["ckpt"], "the vision encoder's pretrained weights come with model.resume")
     return out
+
+
+_NOTED: set[tuple[str, str]] = set()
+
+
+def note_ignored(where: str, key: str, value: Any, why: str) -> None:
+    """Say once per process, on rank 0 only, that an upstream key which must keep loading
+    unchanged is not used (so a value the user set does not pass silently)."""
+    if (key, repr(value)) in _NOTED or os.environ.get("RANK", "0") != "0":
+        return
+    _NOTED.add((key, repr(value)))
+    print(f"warning: {where}: key '{key}' ({value!r}) is ignored: {why}", file=sys.stderr)
 
 
 def _suggest(key: str, valid: typing.Iterable[str]) -> str:
@@ -209,8 +241,15 @@ def _suggest(key: str, valid: typing.Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _alternatives(tp: Any) -> tuple[Any, ...]:
+    """The members of a union annotation (``str | int``), or () for any other annotation."""
+    return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if _alternatives(tp):
+        return " or ".join(_type_name(a) for a in _alternatives(tp))
     if origin is list:
         (inner,) = typing.get_args(tp)
         return f"list of {_type_name(inner)}"
@@ -218,8 +257,15 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats; unions take the first member that fits."""
     origin = typing.get_origin(tp)
+    if _alternatives(tp):
+        for alt in _alternatives(tp):
+            try:
+                return _coerce(value, alt, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}")
     if origin is list:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -265,7 +311,7 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
         if key not in fields:
-            raise ConfigError(f"{source}: unknown key '{dotted}'{_suggest_dotted(prefix, key, fields)}")
+            raise ConfigError(f"{source}: unknown key '{dotted}'{_suggest_key(prefix, key, fields)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, f"{dotted}.", source)
@@ -274,17 +320,36 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     return cls(**kwargs)
 
 
-def _suggest_dotted(prefix: str, key: str, fields: dict[str, Any]) -> str:
-    close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
-    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+def _suggest_key(prefix: str, key: str, fields: typing.Iterable[str]) -> str:
+    """The hint for an unknown ``prefix + key``, looking across levels as well as within the section.
+
+    Upstream's README puts ``resume`` at the top level; users write ``lr`` or ``batch_size``
+    without their section. So the same name at another level comes first (resume ->
+    model.resume), else the closest name, of the same section (schedule.lrr -> schedule.lr)
+    or of any level (batchsize -> data.batch_size); a tie goes to the same section.
+    """
+    everywhere = _all_keys(sections=True)
+    same = [k for k in everywhere if _leaf(k) == key]
+    if not same:
+        siblings = {prefix + f for f in fields}
+        scored = [(difflib.SequenceMatcher(None, key, _leaf(k)).ratio(), k in siblings, k) for k in everywhere]
+        scored = [c for c in scored if c[0] >= (0.5 if c[1] else 0.6)]
+        same = [max(scored)[2]] if scored else []
+    return f" (did you mean {' or '.join(repr(k) for k in same)}?)" if same else ""
 
 
-def _all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+def _leaf(dotted: str) -> str:
+    return dotted.rsplit(".", 1)[-1]
+
+
+def _all_keys(cls: type = Config, prefix: str = "", sections: bool = False) -> list[str]:
+    """Dotted names of every key (and, with ``sections``, of every section too)."""
     hints = typing.get_type_hints(cls)
     keys = []
     for name in _fields(cls):
         if dataclasses.is_dataclass(hints[name]):
-            keys += _all_keys(hints[name], f"{prefix}{name}.")
+            keys += [prefix + name] if sections else []
+            keys += _all_keys(hints[name], f"{prefix}{name}.", sections)
         else:
             keys.append(prefix + name)
     return keys
@@ -296,15 +361,13 @@ def apply_override(raw: dict[str, Any], override: str, source: str = "command li
         raise ConfigError(f"{source}: override '{override}' must look like key.sub=value")
     dotted, text = override.split("=", 1)
     parts = dotted.strip().split(".")
-    valid = _all_keys()
     cls: type = Config
     node = raw
     for i, part in enumerate(parts):
         fields = _fields(cls)
         if part not in fields:
-            close = difflib.get_close_matches(dotted, valid, n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{source}: unknown key '{dotted}'{hint}")
+            prefix = "".join(f"{p}." for p in parts[:i])
+            raise ConfigError(f"{source}: unknown key '{dotted}'{_suggest_key(prefix, part, fields)}")
         tp = typing.get_type_hints(cls)[part]
         last = i == len(parts) - 1
         if dataclasses.is_dataclass(tp):
@@ -355,19 +418,26 @@ def _check(ok: bool, cfg: Config, key: str, msg: str) -> None:
 def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express."""
     d, s, e = cfg.data, cfg.schedule, cfg.experiment
-    for key in ("source_language", "target_language"):
-        lang = getattr(d, key)
-        _check(lang in LANGUAGES, cfg, f"data.{key}", f"must be one of {', '.join(LANGUAGES)}, got '{lang}'")
+    codes = [("source_language", d.source_language), ("target_language", d.target_language)]
+    codes += [(key, lang) for key in ("eval_languages", "tl_proj_languages") for lang in getattr(d, key)]
+    for key, lang in codes:
+        _check(bool(LANGUAGE_CODE.fullmatch(lang)), cfg, f"data.{key}",
+               f"must hold language codes of annotation files ({', '.join(LANGUAGES)} are published), got '{lang}'")
     _check(d.source_language != d.target_language, cfg, "data.target_language",
            f"must differ from data.source_language ('{d.source_language}')")
+    _check(d.source_language not in d.tl_proj_languages, cfg, "data.tl_proj_languages",
+           f"must not hold the source language '{d.source_language}' (its queries use text_proj)")
+    for lang in d.tl_proj_languages:
+        _check(lang in query_languages(cfg), cfg, "data.tl_proj_languages",
+               f"names '{lang}', which is not evaluated; add it to data.eval_languages")
     _check(d.on_bad_image in ("error", "skip"), cfg, "data.on_bad_image", f"must be 'error' or 'skip', got '{d.on_bad_image}'")
     for key in ("batch_size", "test_batch_size"):
         _check(getattr(d, key) > 0, cfg, f"data.{key}", f"must be positive, got {getattr(d, key)}")
     _check(d.num_workers >= 0, cfg, "data.num_workers", f"must be >= 0, got {d.num_workers}")
     _check(d.num_instances >= 0 and (d.num_instances == 0 or d.batch_size % d.num_instances == 0), cfg,
            "data.num_instances", f"must be 0 or divide data.batch_size ({d.batch_size}), got {d.num_instances}")
-    _check(cfg.device in ("cuda", "cpu") or cfg.device.startswith("cuda:"), cfg, "device",
-           f"must be 'cuda' or 'cpu', got '{cfg.device}'")
+    _check(device_ok(cfg.device), cfg, "device",
+           f"must be 'cuda', 'cuda:N', 'cpu' or a CUDA device number N, got {cfg.device!r}")
     _check(len(e.input_resolution) == 2 and all(v > 0 for v in e.input_resolution), cfg,
            "experiment.input_resolution", f"must be [height, width] of positive ints, got {e.input_resolution}")
     for v in e.input_resolution:
@@ -384,7 +454,12 @@ def validate(cfg: Config) -> None:
            f"must be two values in [0, 1), got {s.betas}")
     _check(s.ratio_factor > 0, cfg, "schedule.ratio_factor", f"must be positive, got {s.ratio_factor}")
     _check(s.grad_clip >= 0, cfg, "schedule.grad_clip", f"must be >= 0, got {s.grad_clip}")
+    _check(cfg.distributed.virtual_processes >= 1, cfg, "distributed.virtual_processes",
+           f"must be >= 1, got {cfg.distributed.virtual_processes}")
+    _check(s.amp in AMP_MODES, cfg, "schedule.amp", f"must be one of {', '.join(AMP_MODES)}, got '{s.amp}'")
     m = cfg.model
+    _check(m.rerank_score in RERANK_SCORES, cfg, "model.rerank_score",
+           f"must be one of {', '.join(RERANK_SCORES)}, got '{m.rerank_score}'")
     _check(m.k_test > 0, cfg, "model.k_test", f"must be positive, got {m.k_test}")
     _check(m.embed_dim > 0, cfg, "model.embed_dim", f"must be positive, got {m.embed_dim}")
     _check(m.temp > 0, cfg, "model.temp", f"must be positive, got {m.temp}")
@@ -403,8 +478,40 @@ def validate(cfg: Config) -> None:
            f"must be in (0, text_num_hidden_layers={cfg.text_num_hidden_layers}), got {cfg.text_fusion_start_at}")
     _check(not cfg.use_clip_vit, cfg, "use_clip_vit", "is not supported: Bi-IRRA uses BEiT-v2 (set use_beit_v2: true)")
     _check(cfg.use_beit_v2, cfg, "use_beit_v2", "must be true: BEiT-v2 is the only vision encoder")
+    _check(cfg.image_res in (0, e.input_resolution[0]), cfg, "image_res",
+           f"is {cfg.image_res} but experiment.input_resolution is {e.input_resolution}, which the model is built "
+           f"for; set image_res to its height {e.input_resolution[0]}")
+    if cfg.distributed.url != "env://":
+        note_ignored(cfg.source, "distributed.url", cfg.distributed.url,
+                     "processes join through torchrun's environment variables (env://)")
+    _check(s.save_every_steps >= 0, cfg, "schedule.save_every_steps",
+           f"must be >= 0 (0: checkpoint at the end of each epoch only), got {s.save_every_steps}")
     _check(cfg.patch_size > 0, cfg, "patch_size", f"must be positive, got {cfg.patch_size}")
     _check(cfg.log.print_period > 0, cfg, "log.print_period", f"must be positive, got {cfg.log.print_period}")
+
+
+def device_ok(device: str | int) -> bool:
+    """``device`` is cuda, cuda:N, cpu or a CUDA device number (upstream's ``device: 5``)."""
+    if isinstance(device, int):
+        return device >= 0
+    return device in ("cuda", "cpu") or bool(re.fullmatch(r"cuda:\d+", device))
+
+
+def query_languages(cfg: Config) -> list[str]:
+    """Every evaluated query language: the source and the target (they select the best
+    checkpoints), then ``data.eval_languages`` in the order given."""
+    d = cfg.data
+    return list(dict.fromkeys([d.source_language, d.target_language, *d.eval_languages]))
+
+
+def uses_tl_proj(cfg: Config, lang: str) -> bool:
+    """Whether ``lang``'s queries use ``tl_text_proj``: the target language and ``data.tl_proj_languages``.
+
+    Other languages use ``text_proj``, the projection of the pretrained checkpoint (CCLM
+    pretrains it on many languages) and of the source language; ``tl_text_proj`` is a copy
+    fine-tuned on the target language alone.
+    """
+    return lang == cfg.data.target_language or lang in cfg.data.tl_proj_languages
 
 
 def annotation_path(cfg: Config, split: str, lang: str) -> Path:
@@ -412,18 +519,31 @@ def annotation_path(cfg: Config, split: str, lang: str) -> Path:
 
 
 def check_paths(cfg: Config, need_train: bool = True) -> None:
-    """Every file and folder the run will read exists (the ``--check`` contract)."""
+    """Every file and folder the run will read exists (the ``--check`` contract).
+
+    Annotation files: train for the source and the target language (when training), test
+    for every evaluated language (``query_languages``). A language code with no file in
+    ``anno_dir`` at all is reported against the key that names it.
+    """
     def missing(key: str, path: str, kind: str) -> None:
         raise ConfigError(f"{cfg.source}: key '{key}': {kind} not found: {path}")
 
     if not os.path.isdir(cfg.anno_dir):
         missing("anno_dir", cfg.anno_dir, "annotation folder")
-    splits = ("train", "test") if need_train else ("test",)
-    for split in splits:
-        for lang in (cfg.data.source_language, cfg.data.target_language):
-            p = annotation_path(cfg, split, lang)
-            if not p.is_file():
-                missing("anno_dir", str(p), "annotation file")
+    d = cfg.data
+    needed = [("train", d.source_language), ("train", d.target_language)] if need_train else []
+    needed += [("test", lang) for lang in query_languages(cfg)]
+    for split, lang in needed:
+        path = annotation_path(cfg, split, lang)
+        if path.is_file():
+            continue
+        if not any(Path(cfg.anno_dir).glob(f"*_reid_{lang}.json")):
+            key = ("data.source_language" if lang == d.source_language else
+                   "data.target_language" if lang == d.target_language else "data.eval_languages")
+            there = sorted({f.stem.rsplit("_reid_", 1)[1] for f in Path(cfg.anno_dir).glob("*_reid_*.json")})
+            raise ConfigError(f"{cfg.source}: key '{key}': no annotation files for language '{lang}' in {cfg.anno_dir} "
+                              f"(expected {path.name}; languages there: {', '.join(there) or 'none'})")
+        missing("anno_dir", str(path), "annotation file")
     if not os.path.isdir(cfg.image_dir):
         missing("image_dir", cfg.image_dir, "image folder")
     if not os.path.isdir(cfg.text_encoder):
@@ -434,7 +554,7 @@ def check_paths(cfg: Config, need_train: bool = True) -> None:
     if not any(os.path.isfile(os.path.join(cfg.text_encoder, t)) for t in tok_files):
         raise ConfigError(f"{cfg.source}: key 'text_encoder': no tokenizer in {cfg.text_encoder} "
                           f"(expected {' or '.join(tok_files)})")
-    load_vision_json(cfg.vision_config)
+    load_vision_json(cfg.vision_config, cfg.experiment.input_resolution)
     if cfg.model.resume and not os.path.isfile(cfg.model.resume):
         missing("model.resume", cfg.model.resume, "checkpoint")
 
@@ -456,4 +576,5 @@ def config_from_dict(raw: dict[str, Any], source: str = "<checkpoint>") -> Confi
 
 
 __all__ = ["Config", "ConfigError", "LANGUAGES", "load_config", "apply_override", "validate", "check_paths",
-           "save_config", "config_from_dict", "annotation_path", "load_vision_json"]
+           "save_config", "config_from_dict", "annotation_path", "load_vision_json", "query_languages", "uses_tl_proj",
+           "device_ok"]

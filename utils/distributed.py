@@ -13,6 +13,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from utils.config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -34,20 +36,35 @@ def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
-def init_distributed(device: str = "cuda", backend: str = "nccl", timeout_s: float = 1800.0) -> DistInfo:
-    """Bind the device by LOCAL_RANK and join the process group when torchrun started us.
+def init_distributed(device: str | int = "cuda", backend: str = "nccl", timeout_s: float = 1800.0) -> DistInfo:
+    """Bind the device and join the process group when torchrun started us.
 
-    ``backend`` is used as given when CUDA is used; on CPU gloo is the only choice, so
-    it replaces nccl there. ``device='cuda'`` without a GPU falls back to the CPU.
+    ``device`` is ``cpu``, ``cuda``, ``cuda:N`` or ``N`` (upstream's ``device: 5``). In a
+    plain single process ``cuda:N`` / ``N`` pick that GPU; under torchrun every process
+    takes the GPU of its LOCAL_RANK (multi-node safe) and a given number is ignored, which
+    rank 0 says once. A CUDA device without a GPU falls back to the CPU with a warning.
+    ``backend`` is used as given with CUDA; on CPU gloo is the only choice, so it replaces nccl.
     """
-    use_cuda = device.startswith("cuda") and torch.cuda.is_available()
-    if device.startswith("cuda") and not use_cuda:
+    index = device if isinstance(device, int) else int(device[5:]) if device.startswith("cuda:") else None
+    want_cuda = index is not None or device == "cuda"
+    use_cuda = want_cuda and torch.cuda.is_available()
+    if want_cuda and not use_cuda:
         print("warning: CUDA is not available; running on the CPU", file=sys.stderr)
     if not launched_by_torchrun():
-        dev = torch.device(device if use_cuda else "cpu")
-        return DistInfo(0, 0, 1, dev)
+        if not use_cuda:
+            return DistInfo(0, 0, 1, torch.device("cpu"))
+        if index is None:
+            return DistInfo(0, 0, 1, torch.device("cuda"))
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"key 'device': CUDA device {index} does not exist "
+                              f"({torch.cuda.device_count()} visible; device numbers start at 0)")
+        torch.cuda.set_device(index)
+        return DistInfo(0, 0, 1, torch.device("cuda", index))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
+    if index is not None and use_cuda and rank == 0:
+        print(f"warning: device {device!r} is ignored under torchrun: each process uses the GPU of its LOCAL_RANK",
+              file=sys.stderr)
     if use_cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
@@ -92,8 +109,8 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     the sum of all processes' contributions, exactly what one process computing the sum
     of those losses on the concatenated batch would give. DDP then averages parameter
     gradients over processes, so losses written as a mean over local rows reproduce the
-    single-process mean over the global batch. (Upstream returned only the local slice's
-    gradient, shrinking the contrastive gradient by 1/world_size.)
+    single-process mean over the global batch (``model.gather_with_grad``; upstream's
+    gather is :func:`all_gather_local_grad`).
     All processes must pass tensors of the same shape.
     """
     if not is_dist():
@@ -101,6 +118,22 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     from torch.distributed._functional_collectives import all_gather_tensor_autograd
 
     return all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
+
+
+def all_gather_local_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every process along dim 0; gradient only into this process's slice.
+
+    Upstream's gather (X-VLM ``AllGather``): the backward returns the local slice of this
+    process's gradient and drops what the other processes' losses contribute, so when
+    every process computes the same loss over the gathered batch and DDP averages, the
+    update is that of one process scaled by 1/world_size. All processes must pass
+    tensors of the same shape.
+    """
+    if not is_dist():
+        return x
+    gathered = all_gather_no_grad(x)
+    start = get_rank() * x.shape[0]
+    return torch.cat([gathered[:start], x, gathered[start + x.shape[0]:]])
 
 
 @torch.no_grad()
@@ -126,14 +159,6 @@ def all_gather_object(obj):
     out = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj, src: int = 0):
-    if not is_dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:

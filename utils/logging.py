@@ -37,8 +37,15 @@ class JsonlLog:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a JSON-lines log. A last line cut short (the run was killed while
+    writing it) is left out; a broken line elsewhere raises ``json.JSONDecodeError``."""
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines[:-1]]
+    try:
+        records += [json.loads(line) for line in lines[-1:]]
+    except json.JSONDecodeError:
+        pass
+    return records
 
 
 def format_table(results: dict[str, dict[str, float]], keys: tuple[str, ...] = ("R1", "R5", "R10", "mAP", "mINP")) -> str:

@@ -1,0 +1,121 @@
+"""Reference levels beside the model's figures: chance, the synthetic attribute ceiling, ITC-only vs re-ranked."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from data.synthetic import attribute_ceiling, image_plans, sample_identities
+from data.synthetic_captions import Identity, Plan, mentioned_facets
+from engine.evaluate import EvalResult
+from engine.report import chance_levels, markdown, read_ceiling
+from tests.data_fixtures import synthetic_root  # noqa: F401
+from tests.model_fixtures import tiny_text_dir  # noqa: F401
+from utils.metrics import per_query_stats, summarize
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def brute_force_chance(gallery_pids: torch.Tensor, query_pids: torch.Tensor) -> dict[str, float]:
+    """Metrics averaged over every ordering of the gallery."""
+    runs = [summarize(per_query_stats(gallery_pids[list(p)][None, :] == query_pids[:, None]), ranks=(1, 5, 10))
+            for p in itertools.permutations(range(len(gallery_pids)))]
+    return {k: sum(r[k] for r in runs) / len(runs) for k in ("R1", "R5", "R10", "mAP", "mINP")}
+
+
+def test_chance_levels_equal_the_average_over_all_orderings():
+    gallery = torch.tensor([1, 1, 2, 2, 2, 3, 4])
+    queries = torch.tensor([1, 2, 3, 9, 2])  # 9: no relevant image, left out like the metrics do
+    got = chance_levels(gallery, queries)
+    want = brute_force_chance(gallery, queries)
+    assert got == pytest.approx(want, abs=1e-5)  # brute force sums float32 APs
+
+
+def test_chance_levels_of_the_demo_test_split_shape():
+    gallery = torch.arange(100).repeat_interleave(4)  # 100 people x 4 images
+    got = chance_levels(gallery, torch.arange(100).repeat_interleave(8))
+    assert got["R1"] == pytest.approx(1.0)
+    # no hit in the top 10 = all 10 drawn from the 396 others: C(396, 10) / C(400, 10)
+    assert got["R10"] == pytest.approx(100 * (1 - (390 * 389 * 388 * 387) / (400 * 399 * 398 * 397)), rel=1e-9)
+    assert 2.0 < got["mAP"] < 3.0
+
+
+def _person(**changes) -> Identity:
+    base = Identity(gender="man", build="slim", skin=0, hair_style="short", hair_colour="black", upper="shirt",
+                    upper_colour="red", pattern="striped", lower="trousers", lower_colour="blue", shoes_colour="black",
+                    bag="backpack", bag_colour="green", hat="none", hat_colour="red", obj="none")
+    return dataclasses.replace(base, **changes)
+
+
+def test_mentioned_facets_follow_the_plan():
+    p = _person()
+    assert mentioned_facets(p, Plan(("bag", "upper"), 0, True)) == {
+        "gender": "man", "bag": "backpack", "bag_colour": "green", "upper": "shirt", "upper_colour": "red",
+        "pattern": "striped"}
+    assert "pattern" not in mentioned_facets(p, Plan(("upper",), 0, False))
+    assert "pattern" not in mentioned_facets(_person(pattern="plain"), Plan(("upper",), 0, True))
+
+
+def test_ceiling_ties_people_the_captions_cannot_tell_apart():
+    # skin is never put into words: every caption of either person fits both -> R1 = 1/2
+    same = [(1, _person(skin=0)), (2, _person(skin=3))]
+    assert attribute_ceiling(0, same, images_per_id=1)["R1"] == pytest.approx(50.0)
+    # the gender is always stated: always told apart
+    apart = [(1, _person()), (2, _person(gender="woman", lower="skirt"))]
+    got = attribute_ceiling(0, apart, images_per_id=2)
+    assert got == {"R1": 100.0, "R5": 100.0, "R10": 100.0, "mAP": 100.0, "mINP": 100.0}
+
+
+def test_ceiling_scores_only_stated_attributes():
+    # person 2 differs from person 1 only in the shoes: captions of person 1 that do not
+    # mention the shoes tie the two, those that do rank person 1 first
+    people = [(1, _person()), (2, _person(shoes_colour="white"))]
+    plans = [p for k in range(3) for p in image_plans(0, 1, people[0][1], k)]
+    plans += [p for k in range(3) for p in image_plans(0, 2, people[1][1], k)]
+    want = 100 * sum(1.0 if "shoes" in p.keys else 0.5 for p in plans) / len(plans)
+    assert attribute_ceiling(0, people, images_per_id=3)["R1"] == pytest.approx(want)
+    assert 50.0 < want < 100.0  # the plans do both
+
+
+def test_generated_dataset_has_the_ceiling_file(synthetic_root):
+    test = read_ceiling(synthetic_root / "annos", "test")
+    assert test is not None and set(test) == {"R1", "R5", "R10", "mAP", "mINP"}
+    people = sample_identities(0, {"train": 4, "val": 1, "test": 3})
+    assert test == pytest.approx(attribute_ceiling(0, people["test"], 2))
+    assert read_ceiling(synthetic_root / "annos", "val") == pytest.approx(attribute_ceiling(0, people["val"], 2))
+    assert read_ceiling(synthetic_root / "annos", "train") is None  # evaluation splits only
+    assert read_ceiling(None, "test") is None and read_ceiling(synthetic_root, "test") is None
+
+
+def test_report_shows_chance_ceiling_itc_only_and_reranked():
+    gallery_pids = torch.tensor([1, 1, 2, 2])
+    data = SimpleNamespace(gallery_pids=gallery_pids, query_pids=torch.tensor([1, 2]), captions=["a", "b"],
+                           gallery_paths=["g/1.png", "g/2.png", "g/3.png", "g/4.png"])
+    stats = {"first": torch.tensor([1, 2]), "ap": torch.tensor([1.0, 0.5]), "inp": torch.tensor([1.0, 0.5]),
+             "valid": torch.tensor([True, True]), "top": torch.tensor([[0, 2, 1, 3], [0, 2, 3, 1]])}
+    reranked = {"R1": 50.0, "R5": 100.0, "R10": 100.0, "mAP": 75.0, "mINP": 75.0}
+    itc = {"R1": 0.0, "R5": 100.0, "R10": 100.0, "mAP": 41.0, "mINP": 41.0}
+    ceiling = {"R1": 97.5, "R5": 99.0, "R10": 99.5, "mAP": 96.0, "mINP": 90.0}
+    text = markdown({"en": EvalResult(reranked, stats, itc)}, {"en": data}, "test", ceiling=ceiling)
+    rows = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| en |")}
+    chance = chance_levels(gallery_pids, data.query_pids)
+    assert chance["R1"] == pytest.approx(50.0)
+    assert rows["chance (random order)"].endswith(" | ".join(f"{chance[k]:.2f}" for k in reranked) + " |")
+    assert "| 97.50 | 99.00 | 99.50 | 96.00 | 90.00 |" in rows["ceiling (attribute-perfect ranker)"]
+    assert "| 0.00 | 100.00 | 100.00 | 41.00 | 41.00 |" in rows["model, ITC similarity only"]
+    assert "| 50.00 | 100.00 | 100.00 | 75.00 | 75.00 |" in rows["model, re-ranked (ITM)"]
+
+
+def test_evaluate_returns_the_itc_only_metrics_of_the_same_run(tiny_text_dir, tmp_path):  # noqa: F811
+    from engine.evaluate import evaluate
+    from tests.test_rerank import fake_data, tiny_model
+
+    model = tiny_model(tiny_text_dir, tmp_path)
+    data = fake_data(model, n_gallery=12, lengths=[2, 9, 4, 11, 6, 3, 8, 5, 10], padded=14)
+    plain = evaluate(model, data, target=False, k_test=6, batch_size=4, chunk=4, rerank=False)
+    both = evaluate(model, data, target=False, k_test=6, batch_size=4, chunk=4)
+    assert plain.itc_metrics is None
+    assert both.itc_metrics == plain.metrics and both.metrics != plain.metrics
