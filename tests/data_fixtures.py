@@ -2,37 +2,14 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from data.synthetic import generate
 from utils.config import Config
 
 SIZE = (32, 16)  # H x W of the tiny images; patch 8 -> a 4 x 2 grid
-
-
-class StandInMaskGenerator:
-    """Used only if model.vision is not importable: masks the first round(ratio * N) patches."""
-
-    def __init__(self, grid: tuple[int, int], mask_ratio: float):
-        self.grid, self.mask_ratio = grid, mask_ratio
-
-    def __call__(self, rng: np.random.Generator) -> np.ndarray:
-        n = self.grid[0] * self.grid[1]
-        mask = np.zeros(n, dtype=bool)
-        mask[rng.permutation(n)[:int(round(self.mask_ratio * n))]] = True
-        return mask.reshape(self.grid)
-
-
-def ensure_mask_generator() -> None:
-    try:
-        from model.vision import BlockMaskGenerator  # noqa: F401
-    except ImportError:
-        sys.modules["model.vision"] = types.SimpleNamespace(BlockMaskGenerator=StandInMaskGenerator)
 
 
 def make_synthetic(root: Path, seed: int = 0, **sizes) -> Path:
@@ -66,7 +43,6 @@ def write_json(path: Path, obj: object) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
-    ensure_mask_generator()
     return make_synthetic(tmp_path_factory.mktemp("synthetic"))
 
 

@@ -60,6 +60,15 @@ def tiny_config(data_dir: Path, out: Path, name: str = "config.yaml", **sections
     return path
 
 
+def edit_annos(data: Path, split: str, lang: str, fn) -> Path:
+    """Apply ``fn`` to the entries of one annotation file of ``data`` (a test's private copy)."""
+    path = data / "annos" / f"{split}_reid_{lang}.json"
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    fn(entries)
+    path.write_text(json.dumps(entries, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
 def env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import main as cli
-from tests.engine_fixtures import tiny_config, tiny_data  # noqa: F401
+from tests.engine_fixtures import edit_annos, tiny_config, tiny_data  # noqa: F401
 
 
 class Exploit:
@@ -56,14 +56,6 @@ def edit_yaml(path: Path, **sections) -> None:
         else:
             raw[key] = value
     path.write_text(yaml.safe_dump(raw))
-
-
-def edit_annos(data: Path, split: str, lang: str, fn) -> Path:
-    path = data / "annos" / f"{split}_reid_{lang}.json"
-    entries = json.loads(path.read_text(encoding="utf-8"))
-    fn(entries)
-    path.write_text(json.dumps(entries, ensure_ascii=False), encoding="utf-8")
-    return path
 
 
 # ---------------------------------------------------------------- configuration

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import main as cli
-from tests.engine_fixtures import ROOT, env, tiny_config, tiny_data  # noqa: F401
+from tests.engine_fixtures import ROOT, edit_annos, env, tiny_config, tiny_data  # noqa: F401
 
 PLACEHOLDER_KEYS = ("anno_dir", "image_dir", "text_encoder", "resume")  # the lines marked EDIT
 
@@ -91,14 +91,6 @@ def case(tiny_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     return data, tiny_config(data, tmp_path / "out")
-
-
-def edit_annos(data: Path, split: str, lang: str, fn) -> Path:
-    path = data / "annos" / f"{split}_reid_{lang}.json"
-    entries = json.loads(path.read_text(encoding="utf-8"))
-    fn(entries)
-    path.write_text(json.dumps(entries, ensure_ascii=False), encoding="utf-8")
-    return path
 
 
 def test_good_dataset_passes(case, capsys):
