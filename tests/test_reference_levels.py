@@ -80,7 +80,7 @@ def test_ceiling_scores_only_stated_attributes():
     assert 50.0 < want < 100.0  # the plans do both
 
 
-def test_generated_dataset_has_the_ceiling_file(synthetic_root):
+def test_generated_dataset_has_the_ceiling_file(synthetic_root):  # noqa: F811
     test = read_ceiling(synthetic_root / "annos", "test")
     assert test is not None and set(test) == {"R1", "R5", "R10", "mAP", "mINP"}
     people = sample_identities(0, {"train": 4, "val": 1, "test": 3})
