@@ -17,7 +17,7 @@ if [ ! -f "$DATA/annos/test_reid_en.json" ]; then
   python -m data.synthetic --out "$DATA"
 fi
 python main.py --config config/demo.yaml model.saved_path="$PRE" model.resume= \
-  mlm.is_mlm=false mim.use_mim=false itm.use_mask=false schedule.lr=1e-3 schedule.epoch=5
+  mlm.is_mlm=false mim.use_mim=false itm.use_mask=false schedule.lr=1e-3 schedule.epoch=4
 python -m tools.export_cclm --checkpoint "$PRE/checkpoint_last.pth" --out "$PRE/cclm_demo.th"
 echo "stage 1 (pretraining) finished after $(( $(date +%s) - start )) s"
 python main.py --config config/demo.yaml model.saved_path="$OUT" model.resume="$PRE/cclm_demo.th" "$@"
