@@ -28,7 +28,7 @@ def build_tokenizer(folder: str) -> PreTrainedTokenizerBase:
         raise ConfigError(f"text_encoder: no tokenizer in {folder} (expected {' or '.join(TOKENIZER_FILES)})")
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:  # a malformed tokenizer.json raises KeyError
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # a malformed tokenizer.json fails inside transformers
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"text_encoder: cannot load the tokenizer in {folder}: {first}") from None
 

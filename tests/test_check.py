@@ -188,6 +188,9 @@ def test_batch_larger_than_the_training_set(case, capsys):
     _, cfg = case
     rc, _, err = check(capsys, "--config", str(cfg), "data.batch_size=100")
     assert "training set has 72 samples, fewer than one global batch" in one_error(rc, err)
+    # virtual processes multiply a process's batch, as in training: 2 x 40 > 72
+    rc, _, err = check(capsys, "--config", str(cfg), "data.batch_size=40", "distributed.virtual_processes=2")
+    assert "training set has 72 samples, fewer than one global batch" in one_error(rc, err)
 
 
 def test_eval_only_checks_the_test_split_only(case, capsys):
