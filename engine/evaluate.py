@@ -45,8 +45,8 @@ def shard(n: int, rank: int, world: int) -> range:
 def encode_gallery(model, data, batch_size: int, num_workers: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Image embeddings [G, 1+N, D] and global features [G, E] of the whole gallery.
 
-    Embeddings are kept in the autocast dtype on CUDA (half the memory; the fusion
-    encoder casts them to it anyway), in fp32 otherwise. A gallery with fewer images than
+    Embeddings are kept in the evaluation autocast dtype when ``model.eval_amp`` is on
+    (half the memory; the fusion encoder casts them to it anyway), in fp32 otherwise. A gallery with fewer images than
     processes cannot give each process a share: every process then encodes all of it.
     """
     shared = len(data.gallery) >= get_world_size()

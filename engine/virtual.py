@@ -33,7 +33,7 @@ from torch import nn
 from engine.amp import autocast
 from model.bi_irra import BiIRRA, ContrastGrad
 from utils.config import Config
-from utils.distributed import all_gather_no_grad, get_rank, get_world_size, is_dist
+from utils.distributed import all_gather_local_grad, all_gather_no_grad, get_rank, get_world_size, is_dist
 
 CAPTION_KEYS = {"src": ("src_ids", "src_mask", "src_mlm_ids", "src_mlm_labels"),
                 "tgt": ("tgt_ids", "tgt_mask", "tgt_mlm_ids", "tgt_mlm_labels")}
@@ -104,11 +104,8 @@ class VirtualProcesses:
         the gradient its training pass must carry back."""
         local = [f.requires_grad_(True) for f in self.features(micros, step)]
         pids = torch.cat([m["pids"] for m in micros])
-        n, rank = local[0].shape[0], get_rank()
-        full = []
-        for f in local:
-            gathered = all_gather_no_grad(f.detach())
-            full.append(torch.cat([gathered[:rank * n], f, gathered[(rank + 1) * n:]]))
+        n = local[0].shape[0]
+        full = [all_gather_local_grad(f) for f in local]  # the other processes' features are constants here
         temp = self.model.temperature().detach().requires_grad_(True)
         with autocast(self.dtype):
             values = self.model.contrastive_losses(*full, all_gather_no_grad(pids), temp, use_gather=False)
