@@ -114,8 +114,8 @@ class VirtualProcesses:
         # slice is dL/dx itself; the summed gradient of W x V processes is W V dL/dx
         scale = float(get_world_size() * self.v) if self.cfg.model.gather_with_grad else 1.0
         size = n // self.v
-        out = [ContrastGrad(*(g[v * size:(v + 1) * size] for g in grads[:3]), temp=grads[3], scale=scale,
-                            temp_scale=1.0) for v in range(self.v)]
+        out = [ContrastGrad(*(g[v * size:(v + 1) * size] for g in grads[:3]), temp=grads[3], scale=scale)
+               for v in range(self.v)]
         return out, {k: val.detach() for k, val in values.items()}
 
     def forward_backward(self, batch: dict[str, torch.Tensor], step: int, scaler: torch.amp.GradScaler,

@@ -36,18 +36,17 @@ class ContrastGrad(NamedTuple):
     """Gradients of the contrastive losses computed outside the forward (virtual processes).
 
     ``forward`` then replaces those losses by ``scale * <features, grad>`` plus
-    ``temp_scale * temp * d(loss)/d(temp)``, whose gradient is the given one.
+    ``temp * d(loss)/d(temp)``, whose gradient is the given one (times ``scale`` for the features).
     """
     image: torch.Tensor
     src: torch.Tensor
     tgt: torch.Tensor
     temp: torch.Tensor
     scale: float
-    temp_scale: float
 
     def surrogate(self, feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor], temp: torch.Tensor) -> torch.Tensor:
         inner = sum((f.float() * g).sum() for f, g in zip(feats, (self.image, self.src, self.tgt)))
-        return self.scale * inner + self.temp_scale * temp * self.temp
+        return self.scale * inner + temp * self.temp
 
 
 class BiIRRA(nn.Module):
