@@ -177,7 +177,9 @@ def write_text_encoder(captions: list[str], out: Path, hidden_size: int = 128) -
 
     SentencePiece ids: unk 0, bos 1, eos 2, no pad; the XLM-R tokenizer maps them to
     ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3 and appends ``<mask>``. Full character
-    coverage keeps every Chinese character a piece instead of ``<unk>``.
+    coverage keeps every Chinese character a piece instead of ``<unk>``. No dropout: the
+    demo underfits, and on the CPU attention dropout forces SDPA's math kernel and its
+    Bernoulli draws, which took ~40 % of a demo step (docs/benchmarks.md).
     """
     from transformers import AutoTokenizer
 
@@ -195,7 +197,7 @@ def write_text_encoder(captions: list[str], out: Path, hidden_size: int = 128) -
               "hidden_size": hidden_size, "num_attention_heads": 4, "intermediate_size": 4 * hidden_size,
               "num_hidden_layers": 2, "max_position_embeddings": max_tokens + 2, "layer_norm_eps": 1e-5,
               "type_vocab_size": 1, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
-              "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+              "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
               "initializer_range": 0.02}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 

@@ -306,7 +306,9 @@ class Trainer:
             info(f"epoch {epoch + 1}: skipped {bad_images} unreadable image(s) so far")
         results = evaluate_languages(self.model, cfg, sets, dev)
         metrics = {lang: r.metrics for lang, r in results.items()}
-        self.log.write("eval", epoch=epoch + 1, step=self.pos.step, split=split, metrics=metrics)
+        itc = {lang: r.itc_metrics for lang, r in results.items() if r.itc_metrics is not None}
+        self.log.write("eval", epoch=epoch + 1, step=self.pos.step, split=split, metrics=metrics,
+                       **({"itc_metrics": itc} if itc else {}))
         info(f"epoch {epoch + 1} {split}:\n{format_table(metrics)}")
         if self.dist.is_main:
             write_reports(self.out, results, sets, split, reference_dir=self.cfg.anno_dir)

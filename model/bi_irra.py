@@ -53,9 +53,12 @@ class BiIRRA(nn.Module):
     """The Bi-IRRA model; ``forward(batch)`` returns the named, already weighted losses.
 
     Parameters exist only for enabled losses (DDP must find no unused parameter):
-    ``mask_token`` when masked images are used (``mim.use_mim`` or ``itm.use_mask``),
-    ``mim_head`` with ``mim.use_mim``, ``mlm_head`` with ``mlm.is_mlm``, ``tl_text_proj``
-    unless ``use_one_cl_proj_only``, ``classifier`` with ``id.use_id``.
+    ``mask_token`` when masked images are used (``mim.use_mim``, or ``itm.use_mask`` with
+    ITM on), ``mim_head`` with ``mim.use_mim``, ``mlm_head`` with ``mlm.is_mlm``,
+    ``tl_text_proj`` unless ``use_one_cl_proj_only``, ``classifier`` with ``id.use_id``.
+    ``itm.weight: 0`` turns ITM off (not computed; e.g. a cheap contrastive pre-training
+    stage): the ITM head, and the fusion layers when no MLM or D-MIM uses them, are
+    frozen, so they keep their loaded weights and DDP sees no unused trainable parameter.
     """
 
     def __init__(self, cfg: Config, num_ids: int = 0) -> None:
@@ -68,7 +71,8 @@ class BiIRRA(nn.Module):
                               f"encoder's hidden_size {text_config.hidden_size} ({cfg.text_encoder}/config.json)")
         if cfg.id.use_id and num_ids <= 0:
             raise ValueError("id.use_id needs the number of training identities (num_ids > 0)")
-        self.use_masked_image = cfg.mim.use_mim or cfg.itm.use_mask
+        self.use_itm = cfg.itm.weight > 0
+        self.use_masked_image = cfg.mim.use_mim or (cfg.itm.use_mask and self.use_itm)
         embed_dim = cfg.model.embed_dim
 
         self.vision_encoder = build_vision_encoder(cfg, use_mask_token=self.use_masked_image)
@@ -91,6 +95,10 @@ class BiIRRA(nn.Module):
             if config.tie_word_embeddings:
                 self.mlm_head.tie(self.text_encoder.embeddings.word_embeddings)
         self.classifier = nn.Linear(embed_dim, num_ids) if cfg.id.use_id else None
+        if not self.use_itm:  # itm.weight 0: the loss is not computed, its weights stay as loaded
+            self.itm_head.requires_grad_(False)
+            if not (cfg.mlm.is_mlm or cfg.mim.use_mim):  # no loss reaches the fusion layers (DDP needs them frozen)
+                self.cross_encoder.requires_grad_(False)
 
         if cfg.model.grad_checkpointing:
             self.vision_encoder.set_grad_checkpointing(True)
@@ -244,13 +252,15 @@ class BiIRRA(nn.Module):
             losses = {"itc": contrast.surrogate((image_feat, src_feat, tgt_feat), temp)}
         masked = self.encode_image(batch["images"], batch["image_mask"]) if self.use_masked_image else None
 
-        image_kv = self.image_kv(image)
-        itm_s = self._itm_loss(src, src_mask, image_kv, image_feat, src_feat, pids, temp)
-        if cfg.itm.use_mask:  # upstream: masked image for the target pairs and for drawing their negatives
-            itm_t = self._itm_loss(tgt, tgt_mask, self.image_kv(masked), self.image_feature(masked), tgt_feat, pids, temp)
-        else:
-            itm_t = self._itm_loss(tgt, tgt_mask, image_kv, image_feat, tgt_feat, pids, temp)
-        losses["itm"] = cfg.itm.weight * 0.5 * (itm_s + itm_t)
+        image_kv = self.image_kv(image) if (self.use_itm or self.mlm_head is not None) else []
+        if self.use_itm:
+            itm_s = self._itm_loss(src, src_mask, image_kv, image_feat, src_feat, pids, temp)
+            if cfg.itm.use_mask:  # upstream: masked image for the target pairs and for drawing their negatives
+                itm_t = self._itm_loss(tgt, tgt_mask, self.image_kv(masked), self.image_feature(masked), tgt_feat,
+                                       pids, temp)
+            else:
+                itm_t = self._itm_loss(tgt, tgt_mask, image_kv, image_feat, tgt_feat, pids, temp)
+            losses["itm"] = cfg.itm.weight * 0.5 * (itm_s + itm_t)
 
         if self.mlm_head is not None:
             counts = mlm_counts or (None, None)

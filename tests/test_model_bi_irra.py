@@ -107,6 +107,10 @@ SWITCHES = [
     (["sdm.use_sdm=true"], {"itc", "itm", "mlm", "mim", "sdm"}, [], []),
     (["id.use_id=true"], {"itc", "itm", "mlm", "mim", "id"}, [], ["classifier."]),
     (["use_one_cl_proj_only=true"], {"itc", "itm", "mlm", "mim"}, ["tl_text_proj."], []),
+    (["itm.weight=0"], {"itc", "mlm", "mim"}, [], ["vision_encoder.mask_token"]),
+    (["itm.weight=0", "mim.use_mim=false"], {"itc", "mlm"}, ["mim_head.", "vision_encoder.mask_token"], []),
+    (["itm.weight=0", "mim.use_mim=false", "mlm.is_mlm=false"], {"itc"},
+     ["mim_head.", "vision_encoder.mask_token", "mlm_head."], []),
 ]
 
 
@@ -128,6 +132,34 @@ def test_switches_remove_losses_and_parameters(tiny_text_dir, tmp_path, tokenize
     assert set(losses) == expected
     assert all(torch.isfinite(v) for v in losses.values())
     assert params_without_grad(model) == []  # DDP would find no unused parameter
+
+
+@pytest.mark.parametrize("mlm", [False, True])
+def test_itm_off_freezes_what_no_loss_trains(tiny_text_dir, tmp_path, tokenizer, mlm) -> None:  # noqa: F811
+    """itm.weight 0: the ITM head (and the fusion layers unless MLM uses them) is frozen and
+    left out of the optimizer, keeps its weights through a step, and ITC is unchanged."""
+    from engine.optim import build_optimizer
+
+    torch.manual_seed(0)
+    cfg = tiny_config(tiny_text_dir, tmp_path, "itm.weight=0", "mim.use_mim=false", f"mlm.is_mlm={str(mlm).lower()}")
+    model = without_dropout(BiIRRA(cfg))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    expected = {n for n, _ in model.named_parameters() if n.startswith("itm_head.")
+                or (not mlm and n.startswith("cross_encoder."))}
+    assert frozen == expected and expected
+    optimizer = build_optimizer(model, cfg)
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert not any(id(named[n]) in in_optimizer for n in frozen)
+    before = {n: named[n].detach().clone() for n in frozen}
+    batch = make_batch(cfg, tokenizer, [0, 1, 1, 3])
+    if not mlm:
+        batch = {k: v for k, v in batch.items() if "_mlm_" not in k}
+    losses = run_step(model, batch)
+    assert losses["itc"].item() == pytest.approx(itc_by_hand(model, batch), rel=1e-5)
+    optimizer.step()
+    assert all(torch.equal(named[n], before[n]) for n in frozen)
+    assert params_without_grad(model) == []
 
 
 def test_tl_text_proj_starts_as_copy_and_is_used_for_target(tiny_text_dir, tmp_path) -> None:  # noqa: F811

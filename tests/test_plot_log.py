@@ -23,10 +23,14 @@ def step(epoch: int, s: int, lr: float | None = None, **terms: float) -> dict:
             "samples_per_s": 10.0, "loss": sum(terms.values()), **terms}
 
 
-def evaluation(epoch: int, s: int, r1: float, ch_offset: float = 0.0) -> dict:
-    return {"kind": "eval", "time": 0.0, "epoch": epoch, "step": s, "split": "val",
-            "metrics": {lang: {"R1": r1 + (ch_offset if lang == "ch" else 0.0), "R5": 50.0, "R10": 60.0,
-                               "mAP": 10.0, "mINP": 5.0, "num_queries": 8} for lang in ("en", "ch")}}
+def evaluation(epoch: int, s: int, r1: float, ch_offset: float = 0.0, itc_r1: float | None = None) -> dict:
+    def metrics(value: float) -> dict:
+        return {lang: {"R1": value + (ch_offset if lang == "ch" else 0.0), "R5": 50.0, "R10": 60.0,
+                       "mAP": 10.0, "mINP": 5.0, "num_queries": 8} for lang in ("en", "ch")}
+    record = {"kind": "eval", "time": 0.0, "epoch": epoch, "step": s, "split": "val", "metrics": metrics(r1)}
+    if itc_r1 is not None:
+        record["itc_metrics"] = metrics(itc_r1)
+    return record
 
 
 def assert_plot_shows(png, records: list[dict]) -> None:
@@ -61,23 +65,30 @@ def assert_plot_shows(png, records: list[dict]) -> None:
         assert (area.max(axis=2) < 100).sum() > 100  # the "no evaluation logged yet" text
         return
     langs = list(dict.fromkeys(lang for r in evals.values() for lang in r["metrics"]))
-    r1 = [r["metrics"][lang]["R1"] for r in evals.values() for lang in r["metrics"]]
-    series = [(CYCLE[i], [(e, r["metrics"][lang]["R1"]) for e, r in evals.items()]) for i, lang in enumerate(langs)]
+    r1 = [r[key][lang]["R1"] for r in evals.values() for key in ("metrics", "itc_metrics") for lang in r.get(key, {})]
+    series = []  # drawing order: each language's R1, then its ITC-only R1 (dashed, an x at each point)
+    for i, lang in enumerate(langs):
+        series.append((CYCLE[i], [(e, r["metrics"][lang]["R1"]) for e, r in evals.items()]))
+        series.append((CYCLE[i], [(e, r["itc_metrics"][lang]["R1"]) for e, r in evals.items()
+                                  if lang in r.get("itc_metrics", {})]))
     assert_series_drawn(img, r1_box, series, auto_limits(list(evals)), auto_limits(r1))
 
 
 def test_plots_a_training_run(trained_run, tmp_path, capsys):
     out = tmp_path / "curves.png"
     plot_log.main([str(trained_run.run), "--out", str(out)])
-    assert_plot_shows(out, plot_log.read_log(trained_run.run / "log.jsonl"))
+    records = plot_log.read_log(trained_run.run / "log.jsonl")
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert evals and all(set(r["itc_metrics"]) == set(r["metrics"]) for r in evals)  # R1 before re-ranking, logged
+    assert_plot_shows(out, records)
     assert f"wrote {out}" in capsys.readouterr().out
 
 
 def test_resumed_log_with_a_cut_last_line_and_default_output(tmp_path, capsys):
-    records = [step(1, 1, itc=3.0, itm=0.7), step(1, 2, itc=2.5, itm=0.6), evaluation(1, 2, 10.0, ch_offset=15.0),
+    records = [step(1, 1, itc=3.0, itm=0.7), step(1, 2, itc=2.5, itm=0.6), evaluation(1, 2, 10.0, ch_offset=15.0, itc_r1=30.0),
                step(2, 3, itc=0.5, itm=0.6), step(2, 3, itc=2.1, itm=0.6),  # step 3 logged again after a resume
                {"kind": "skip", "time": 0.0, "step": 4, "epoch": 2, "term": "itc"}, step(2, 5, itc=1.0, itm=0.5),
-               evaluation(2, 5, 20.0, ch_offset=15.0), {"kind": "final", "time": 0.0, "split": "test", "metrics": {}}]
+               evaluation(2, 5, 20.0, ch_offset=15.0, itc_r1=40.0), {"kind": "final", "time": 0.0, "split": "test", "metrics": {}}]
     log = tmp_path / "log.jsonl"
     write_log(log, records, tail='{"kind": "step", "ep')
     steps, evals = plot_log.curves(plot_log.read_log(log))

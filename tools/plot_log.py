@@ -5,8 +5,9 @@
 
 Three panels: every logged loss term and their sum against the step, the learning rate
 against the step (dotted lines mark the ends of epochs), and R1 per epoch for each
-evaluated language. A resumed run logs some steps twice; the later record wins. A last
-line cut short by a killed run is skipped.
+evaluated language (dashed, when logged: from the ITC similarities alone, before
+re-ranking). A resumed run logs some steps twice; the later record wins. A last line cut
+short by a killed run is skipped.
 """
 from __future__ import annotations
 
@@ -91,7 +92,10 @@ def plot(records: list[dict[str, Any]], out: Path, title: str) -> tuple[int, int
         langs = list(dict.fromkeys(lang for r in evals.values() for lang in r["metrics"]))
         for lang in langs:
             pts = [(e, r["metrics"][lang]["R1"]) for e, r in evals.items() if lang in r["metrics"]]
-            ax_r1.plot(*zip(*pts), marker="o", label=lang)
+            line, = ax_r1.plot(*zip(*pts), marker="o", label=lang)
+            itc = [(e, r["itc_metrics"][lang]["R1"]) for e, r in evals.items() if lang in r.get("itc_metrics", {})]
+            if itc:
+                ax_r1.plot(*zip(*itc), "--", marker="x", color=line.get_color(), label=f"{lang}, ITC only")
         ax_r1.set(xlabel="epoch", ylabel="R1 (%)", title=f"R1 per epoch ({split} split)")
         ax_r1.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax_r1.legend(fontsize=8)
