@@ -178,6 +178,10 @@ class BiIRRA(nn.Module):
                   temp: torch.Tensor) -> torch.Tensor:
         """B positive pairs plus one hard negative image per text and one hard negative text per image.
 
+        ``itm.negatives: random`` draws them uniformly among the other people instead: a
+        fusion encoder trained from scratch learns from those, while hard negatives from
+        good ITC features keep it at chance (docs/benchmarks.md, demo diagnostic).
+
         Negatives come from the local batch (see ``losses.sample_negatives``: rows whose
         batch holds only their own person get no negative).
         """
@@ -185,6 +189,8 @@ class BiIRRA(nn.Module):
         rows = torch.arange(b, device=text_embeds.device)
         with torch.no_grad():
             sim_t2i = text_feat @ image_feat.t()
+            if self.cfg.itm.negatives == "random":  # equal scores: every other person equally likely
+                sim_t2i = torch.zeros_like(sim_t2i)
             neg_image, valid_t = sample_negatives(sim_t2i, pids, pids, temp)
             neg_text, valid_i = sample_negatives(sim_t2i.t(), pids, pids, temp)
         text_idx = torch.cat([rows, rows[valid_t], neg_text])

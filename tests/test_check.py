@@ -81,7 +81,7 @@ def test_published_config_fails_only_on_its_placeholder_paths(tiny_data, tmp_pat
     assert "device: 5\n" in out and "saved_path: ckpts/CUHK-PEDES/" in out and f"config OK: {cfg}" in out
     for resolved in ("amp: fp16", "gather_with_grad: false", "roberta_position_ids: false", "rerank_score: logit",
                      "eval_amp: false", "per_sample_mask: false", "protect_special: false", "unicode_cleaning: false",
-                     "virtual_processes: 1"):  # the upstream-parity options, printed with their defaults
+                     "virtual_processes: 1", "negatives: hard"):  # upstream-parity options, printed with defaults
         assert f"  {resolved}\n" in out, resolved
 
 

@@ -194,4 +194,5 @@ def test_published_defaults_are_upstream(tiny_text_dir, tmp_path) -> None:  # no
     m, cfg = tiny_config(tiny_text_dir, tmp_path).model, tiny_config(tiny_text_dir, tmp_path)
     assert (cfg.schedule.amp, m.eval_amp, m.rerank_score, m.gather_with_grad, m.roberta_position_ids) == \
         ("fp16", False, "logit", False, False)
+    assert cfg.itm.negatives == "hard"
     assert math.isclose(cfg.schedule.lr, 5e-5)

@@ -223,6 +223,34 @@ def test_itm_hard_negatives_are_other_persons(tiny_text_dir, tmp_path, tokenizer
     assert all(n == 3 * len(pids) for n in seen)
 
 
+@pytest.mark.parametrize("negatives", ["hard", "random"])
+def test_itm_negative_draw_weights(tiny_text_dir, tmp_path, tokenizer, monkeypatch, negatives) -> None:  # noqa: F811
+    """hard (upstream): other people weighted by softmax(ITC similarity / temp) + 1e-5;
+    random: every other person's sample equally likely; the same person never."""
+    cfg = tiny_config(tiny_text_dir, tmp_path, f"itm.negatives={negatives}", "mlm.is_mlm=false",
+                      "mim.use_mim=false", "itm.use_mask=false")
+    model = BiIRRA(cfg).eval()
+    pids = torch.tensor([0, 0, 1, 2, 2, 3])
+    batch = make_batch(cfg, tokenizer, pids.tolist())
+    batch = {k: v for k, v in batch.items() if "_mlm_" not in k}
+    weights = []
+    real = torch.multinomial
+    monkeypatch.setattr(torch, "multinomial", lambda w, n: weights.append(w.clone()) or real(w, n))
+    model(batch)
+    with torch.no_grad():
+        image = model.image_feature(model.encode_image(batch["images"]))
+        text = model.text_feature(model.encode_text(batch["src_ids"], batch["src_mask"]), target=False)
+        temp = float(model.temperature())
+    other = (pids[:, None] != pids[None, :]).float()
+    sim = text @ image.t()
+    for w, s in zip(weights[:2], (sim, sim.t())):  # source-language pairs: text -> image, image -> text
+        if negatives == "hard":
+            expected = (torch.softmax(s / temp, dim=1) + 1e-5) * other
+        else:
+            expected = (1.0 / len(pids) + 1e-5) * other
+        torch.testing.assert_close(w, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_temperature_is_clamped(tiny_text_dir, tmp_path) -> None:  # noqa: F811
     model = BiIRRA(tiny_config(tiny_text_dir, tmp_path))
     with torch.no_grad():

@@ -30,6 +30,7 @@ LANGUAGE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # becomes part of a fi
 
 AMP_MODES = ("fp16", "bf16", "fp32")  # schedule.amp ("off" would read as false in YAML)
 RERANK_SCORES = ("logit", "log_odds")  # model.rerank_score
+ITM_NEGATIVES = ("hard", "random")  # itm.negatives
 
 
 class ConfigError(InputError):
@@ -84,6 +85,7 @@ class Model:
 class Itm:
     weight: float = 4.0
     use_mask: bool = True
+    negatives: str = "hard"  # hard: drawn by ITC similarity (upstream) | random: any other person, uniformly
 
 
 @dataclass
@@ -460,6 +462,8 @@ def validate(cfg: Config) -> None:
     m = cfg.model
     _check(m.rerank_score in RERANK_SCORES, cfg, "model.rerank_score",
            f"must be one of {', '.join(RERANK_SCORES)}, got '{m.rerank_score}'")
+    _check(cfg.itm.negatives in ITM_NEGATIVES, cfg, "itm.negatives",
+           f"must be one of {', '.join(ITM_NEGATIVES)}, got '{cfg.itm.negatives}'")
     _check(m.k_test > 0, cfg, "model.k_test", f"must be positive, got {m.k_test}")
     _check(m.embed_dim > 0, cfg, "model.embed_dim", f"must be positive, got {m.embed_dim}")
     _check(m.temp > 0, cfg, "model.temp", f"must be positive, got {m.temp}")
