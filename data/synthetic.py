@@ -179,7 +179,7 @@ def write_text_encoder(captions: list[str], out: Path, hidden_size: int = 128) -
     ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3 and appends ``<mask>``. Full character
     coverage keeps every Chinese character a piece instead of ``<unk>``. No dropout: the
     demo underfits, and on the CPU attention dropout forces SDPA's math kernel and its
-    Bernoulli draws, which took ~40 % of a demo step (docs/benchmarks.md).
+    Bernoulli draws, which took over a third of a demo step (docs/benchmarks.md).
     """
     from transformers import AutoTokenizer
 
