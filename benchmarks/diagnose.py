@@ -53,27 +53,27 @@ def _value(text: str) -> object:
         return text
 
 
+def write_patched(src: Path, dst: Path, pairs: list[str]) -> None:
+    """``dst``: the JSON object of ``src`` with ``pairs`` (key=value) applied."""
+    data = json.loads(src.read_text())
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        data[key] = _value(value)
+    dst.write_text(json.dumps(data, indent=2))
+
+
 def patched_folder(folder: str, pairs: list[str], tmp: Path) -> str:
     """Copy of the text encoder folder whose config.json has ``pairs`` (key=value) applied."""
     out = tmp / "text_encoder"
     shutil.copytree(folder, out)
-    config = json.loads((out / "config.json").read_text())
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        config[key] = _value(value)
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    write_patched(out / "config.json", out / "config.json", pairs)
     return str(out)
 
 
 def patched_json(path: str, pairs: list[str], tmp: Path) -> str:
     """Copy of the vision json with ``pairs`` (key=value) applied."""
-    data = json.loads(Path(path).read_text())
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        data[key] = _value(value)
-    out = tmp / "vision.json"
-    out.write_text(json.dumps(data))
-    return str(out)
+    write_patched(Path(path), tmp / "vision.json", pairs)
+    return str(tmp / "vision.json")
 
 
 class TrivialImage(nn.Module):
