@@ -19,7 +19,8 @@ idle; plus the ID loss with ``id.use_id=true``); ``--tower image=trivial`` (or `
 to tell which tower is the bottleneck; ``--tower image=trivial --tower text=trivial``
 gives the pace of an easy learner under the same loss and batches. ``--save PATH`` writes the trained
 weights in this project's checkpoint format (``tools.export_cclm`` turns them into a
-``model.resume`` file); ``--test`` prints the test metrics at the end, before and after
+``model.resume`` file); ``--val-rerank K`` prints val R1 before and after re-ranking
+the top K at the end; ``--test`` prints the test metrics at the end, before and after
 re-ranking.
 """
 from __future__ import annotations
@@ -223,6 +224,11 @@ def run(args: argparse.Namespace) -> list[dict]:
                 if step >= args.steps:
                     break
             epoch += 1
+        for k in args.val_rerank:  # does the ITM head help? val R1 before and after re-ranking the top k
+            for lang, (data, target) in sets.items():
+                r = evaluate(model, data, target=target, k_test=k, batch_size=cfg.data.test_batch_size)
+                print(json.dumps({"val_rerank": k, "lang": lang, "itc_R1": round(r.itc_metrics["R1"], 2),
+                                  "reranked_R1": round(r.metrics["R1"], 2)}), flush=True)
         if args.test:  # final figures only: nothing is selected on them
             for lang, target in ((cfg.data.source_language, False), (cfg.data.target_language, True)):
                 r = evaluate(net, build_eval_data(cfg, "test", lang, tokenizer), target=target,
@@ -249,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tower", action="append", default=[], metavar="image|text=trivial")
     ap.add_argument("--itc-only", action="store_true", help="train ITC alone (no ITM/MLM/D-MIM computed)")
     ap.add_argument("--save", default="", help="write the trained model weights here")
+    ap.add_argument("--val-rerank", type=int, action="append", default=[], metavar="K",
+                    help="at the end, val R1 before and after ITM re-ranking of the top K (repeatable)")
     ap.add_argument("--test", action="store_true", help="at the end, evaluate the test split (ITC only and re-ranked)")
     ap.add_argument("overrides", nargs="*", metavar="key.sub=value")
     run(ap.parse_args(argv))
