@@ -274,11 +274,11 @@ def summary_table(results: dict[str, EvalResult], notes: dict[str, dict[str, str
 
 
 def markdown(results: dict[str, EvalResult], sets: dict[str, EvalData], split: str,
-             notes: dict[str, dict[str, str]] | None = None, ceiling: dict[str, float] | None = None) -> str:
+             notes: dict[str, dict[str, str]] | None = None, levels: dict[str, dict[str, float]] | None = None) -> str:
     lines = [f"# Evaluation report ({split} split)", "",
              "Metrics in percent over the queries that have a match in the gallery (SPEC §8); "
              "the same numbers as metrics.json.", "", *summary_table(results, notes), "",
-             "Reference levels:", "", *reference_table(results, sets, ceiling), "", "![CMC curve](cmc.png)", "",
+             "Reference levels:", "", *reference_table(results, sets, levels), "", "![CMC curve](cmc.png)", "",
              "![Example queries](examples.png)", ""]
     for lang, r in results.items():
         data = sets[lang]
@@ -328,35 +328,41 @@ def chance_levels(gallery_pids: torch.Tensor, query_pids: torch.Tensor) -> dict[
     return {key: 100.0 * sum(per_n[n][key] for n in counts) / len(counts) for key in SUMMARY_METRICS}
 
 
-def read_ceiling(reference_dir: str | os.PathLike | None, split: str) -> dict[str, float] | None:
-    """The attribute-perfect ranker's metrics for ``split`` from ``reference_dir/reference_levels.json``, if any."""
+REFERENCE_NAMES = {  # key in reference_levels.json -> row name, in the order shown
+    "colours_only": "colours only (ranker reading the stated colours, not what wears them)",
+    "ceiling": "ceiling (attribute-perfect ranker)",
+}
+
+
+def read_levels(reference_dir: str | os.PathLike | None, split: str) -> dict[str, dict[str, float]]:
+    """The reference rankers' metrics for ``split`` from ``reference_dir/reference_levels.json`` ({} if none)."""
     if reference_dir is None:
-        return None
+        return {}
     path = Path(reference_dir) / REFERENCE_FILE
     if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8")).get(split, {}).get("ceiling")
+        return {}
+    return json.loads(path.read_text(encoding="utf-8")).get(split, {})
 
 
 def reference_table(results: dict[str, EvalResult], sets: dict[str, EvalData],
-                    ceiling: dict[str, float] | None) -> list[str]:
-    """Per language: chance, the attribute ceiling (when known), the model before (ITC only) and after re-ranking.
+                    levels: dict[str, dict[str, float]] | None) -> list[str]:
+    """Per language: chance, the reference rankers (when known), the model before (ITC only) and after re-ranking.
 
     Puts the model's figures on a scale: near the chance row the model has learned
-    nothing; the ceiling row is what reading every stated attribute correctly would give.
+    nothing; the colour-only row is what reading the colour words alone would give; the
+    ceiling row is what reading every stated attribute correctly would give.
     """
     head = ["| language | ranking | " + " | ".join(SUMMARY_METRICS) + " |", "|" + "---|" * (2 + len(SUMMARY_METRICS))]
+    known = [(name, levels[key]) for key, name in REFERENCE_NAMES.items() if levels and key in levels]
     rows = []
     for lang, r in results.items():
-        levels = [("chance (random order)", chance_levels(sets[lang].gallery_pids, sets[lang].query_pids))]
-        if ceiling:
-            levels.append(("ceiling (attribute-perfect ranker)", ceiling))
+        rows_of = [("chance (random order)", chance_levels(sets[lang].gallery_pids, sets[lang].query_pids)), *known]
         if r.itc_metrics is not None:
-            levels += [("model, ITC similarity only", r.itc_metrics), ("model, re-ranked (ITM)", r.metrics)]
+            rows_of += [("model, ITC similarity only", r.itc_metrics), ("model, re-ranked (ITM)", r.metrics)]
         else:
-            levels.append(("model", r.metrics))
+            rows_of.append(("model", r.metrics))
         rows += [f"| {lang} | {name} | " + " | ".join(f"{m[k]:.2f}" for k in SUMMARY_METRICS) + " |"
-                 for name, m in levels]
+                 for name, m in rows_of]
     return head + rows
 
 
@@ -365,9 +371,9 @@ def write_reports(out: Path, results: dict[str, EvalResult], sets: dict[str, Eva
     """report.md, cmc.png and examples.png in ``out`` for one evaluation (results and sets per
     language, any number of languages); ``notes`` per language (same keys for each: e.g.
     role, projection, checkpoint) become columns of report.md's summary table; ``reference_dir``
-    (the annotation folder) may hold the ceiling of ``reference_table``."""
+    (the annotation folder) may hold the reference levels of ``reference_table``."""
     out = Path(out)
-    text = markdown(results, sets, split, notes, read_ceiling(reference_dir, split))
+    text = markdown(results, sets, split, notes, read_levels(reference_dir, split))
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     draw_cmc(results, out / "cmc.png", split)
     save_png(draw_examples(results, sets), out / "examples.png")

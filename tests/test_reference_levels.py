@@ -1,4 +1,4 @@
-"""Reference levels beside the model's figures: chance, the synthetic attribute ceiling, ITC-only vs re-ranked."""
+"""Reference levels beside the model's figures: chance, the synthetic colour-only and attribute-perfect rankers, ITC-only vs re-ranked."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from data.synthetic import attribute_ceiling, image_plans, sample_identities
+from data.synthetic import attribute_ceiling, colour_reader, image_plans, sample_identities, visible_colours
 from data.synthetic_captions import Identity, Plan, mentioned_facets
 from engine.evaluate import EvalResult
-from engine.report import chance_levels, markdown, read_ceiling
+from engine.report import chance_levels, markdown, read_levels
 from tests.data_fixtures import synthetic_root  # noqa: F401
 from tests.model_fixtures import tiny_text_dir  # noqa: F401
 from utils.metrics import per_query_stats, summarize
@@ -80,17 +80,46 @@ def test_ceiling_scores_only_stated_attributes():
     assert 50.0 < want < 100.0  # the plans do both
 
 
-def test_generated_dataset_has_the_ceiling_file(synthetic_root):  # noqa: F811
-    test = read_ceiling(synthetic_root / "annos", "test")
-    assert test is not None and set(test) == {"R1", "R5", "R10", "mAP", "mINP"}
+def test_visible_colours_count_bag_and_hat_only_when_worn():
+    assert visible_colours(_person()) == {"black": 2, "red": 1, "blue": 1, "green": 1}  # hair + shoes black
+    assert visible_colours(_person(bag="none", hat="cap")) == {"black": 2, "red": 2, "blue": 1}
+
+
+def test_colour_reader_ignores_what_wears_each_colour():
+    # the same colours on swapped garments: every caption ties the two people for the colour
+    # reader (R1 1/2); the gender, hair, shirt and trousers it states tell them apart for the ceiling
+    swapped = [(1, _person()), (2, _person(upper_colour="blue", lower_colour="red"))]
+    assert colour_reader(0, swapped, images_per_id=2)["R1"] == pytest.approx(50.0)
+    people = [(1, _person()), (2, _person(upper_colour="blue", lower_colour="red", gender="woman"))]
+    assert attribute_ceiling(0, people, images_per_id=2)["R1"] == pytest.approx(100.0)
+    assert colour_reader(0, people, images_per_id=2)["R1"] == pytest.approx(50.0)
+
+
+def test_colour_reader_counts_repeated_colours():
+    # person 1's bag is blue like its trousers, person 2's is yellow (a colour no one else shows).
+    # Person 1's captions rank it first only when they state both blue items (blue twice: a set
+    # would tie them); person 2's whenever they state the bag.
+    people = [(1, _person(bag_colour="blue")), (2, _person(bag_colour="yellow"))]
+    hits = [1.0 if {"bag", "lower"} <= set(p.keys) else 0.5 for k in range(3) for p in image_plans(0, 1, people[0][1], k)]
+    hits += [1.0 if "bag" in p.keys else 0.5 for k in range(3) for p in image_plans(0, 2, people[1][1], k)]
+    want = 100 * sum(hits) / len(hits)
+    assert colour_reader(0, people, images_per_id=3)["R1"] == pytest.approx(want)
+    assert 50.0 < want < 100.0 and 0.5 in hits[:6] and 1.0 in hits[:6]  # both cases occur for person 1
+
+
+def test_generated_dataset_has_the_reference_file(synthetic_root):  # noqa: F811
+    levels = read_levels(synthetic_root / "annos", "test")
+    assert set(levels) == {"colours_only", "ceiling"}
+    assert set(levels["ceiling"]) == {"R1", "R5", "R10", "mAP", "mINP"}
     people = sample_identities(0, {"train": 4, "val": 1, "test": 3})
-    assert test == pytest.approx(attribute_ceiling(0, people["test"], 2))
-    assert read_ceiling(synthetic_root / "annos", "val") == pytest.approx(attribute_ceiling(0, people["val"], 2))
-    assert read_ceiling(synthetic_root / "annos", "train") is None  # evaluation splits only
-    assert read_ceiling(None, "test") is None and read_ceiling(synthetic_root, "test") is None
+    assert levels["ceiling"] == pytest.approx(attribute_ceiling(0, people["test"], 2))
+    assert levels["colours_only"] == pytest.approx(colour_reader(0, people["test"], 2))
+    assert read_levels(synthetic_root / "annos", "val")["ceiling"] == pytest.approx(attribute_ceiling(0, people["val"], 2))
+    assert read_levels(synthetic_root / "annos", "train") == {}  # evaluation splits only
+    assert read_levels(None, "test") == {} and read_levels(synthetic_root, "test") == {}
 
 
-def test_report_shows_chance_ceiling_itc_only_and_reranked():
+def test_report_shows_chance_references_itc_only_and_reranked():
     gallery_pids = torch.tensor([1, 1, 2, 2])
     data = SimpleNamespace(gallery_pids=gallery_pids, query_pids=torch.tensor([1, 2]), captions=["a", "b"],
                            gallery_paths=["g/1.png", "g/2.png", "g/3.png", "g/4.png"])
@@ -99,12 +128,18 @@ def test_report_shows_chance_ceiling_itc_only_and_reranked():
     reranked = {"R1": 50.0, "R5": 100.0, "R10": 100.0, "mAP": 75.0, "mINP": 75.0}
     itc = {"R1": 0.0, "R5": 100.0, "R10": 100.0, "mAP": 41.0, "mINP": 41.0}
     ceiling = {"R1": 97.5, "R5": 99.0, "R10": 99.5, "mAP": 96.0, "mINP": 90.0}
-    text = markdown({"en": EvalResult(reranked, stats, itc)}, {"en": data}, "test", ceiling=ceiling)
+    colours = {"R1": 60.0, "R5": 80.0, "R10": 90.0, "mAP": 55.0, "mINP": 40.0}
+    text = markdown({"en": EvalResult(reranked, stats, itc)}, {"en": data}, "test",
+                    levels={"ceiling": ceiling, "colours_only": colours, "unknown": colours})
     rows = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| en |")}
     chance = chance_levels(gallery_pids, data.query_pids)
     assert chance["R1"] == pytest.approx(50.0)
     assert rows["chance (random order)"].endswith(" | ".join(f"{chance[k]:.2f}" for k in reranked) + " |")
     assert "| 97.50 | 99.00 | 99.50 | 96.00 | 90.00 |" in rows["ceiling (attribute-perfect ranker)"]
+    assert "| 60.00 | 80.00 | 90.00 | 55.00 | 40.00 |" in rows["colours only (ranker reading the stated colours, not what wears them)"]
+    names = ["chance (random order)", "colours only (ranker reading the stated colours, not what wears them)",
+             "ceiling (attribute-perfect ranker)", "model, ITC similarity only", "model, re-ranked (ITM)"]
+    assert [n for n in rows if not n[0].isdigit()] == names  # in this order; the unknown key is not shown
     assert "| 0.00 | 100.00 | 100.00 | 41.00 | 41.00 |" in rows["model, ITC similarity only"]
     assert "| 50.00 | 100.00 | 100.00 | 75.00 | 75.00 |" in rows["model, re-ranked (ITM)"]
 
