@@ -33,7 +33,7 @@ from engine.evaluate import encode_gallery, encode_queries
 from model import build_model
 from model.checkpoint import load_finetuned
 from utils.checkpoint import read_checkpoint
-from utils.config import Config, apply_override, config_from_dict
+from utils.config import Config, apply_override, config_from_dict, uses_tl_proj
 
 
 def load(path: str, overrides: list[str]) -> tuple[torch.nn.Module, object, Config]:
@@ -65,8 +65,7 @@ def top1(model, cfg: Config, tokenizer, split: str, lang: str) -> tuple[torch.Te
     data = build_eval_data(cfg, split, lang, tokenizer)
     cpu = torch.device("cpu")
     _, g_feats = encode_gallery(model, data, 64, 0, cpu)
-    target = lang != cfg.data.source_language
-    _, q_feats = encode_queries(model, data.query_ids, data.query_mask, target, 64, cpu)
+    _, q_feats = encode_queries(model, data.query_ids, data.query_mask, uses_tl_proj(cfg, lang), 64, cpu)
     return data.query_pids, data.gallery_pids[(q_feats @ g_feats.t()).argmax(1)]
 
 
@@ -106,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
           f"attribute-perfect {attribute_ceiling(args.seed, people, images)['R1']:.1f}")
     for lang in args.lang:
         query_pids, top_pids = top1(model, cfg, tokenizer, args.split, lang)
+        if len(query_pids) != len(facets):
+            raise SystemExit(f"error: {len(query_pids)} {lang} queries in {args.split}, but the generator "
+                             f"planned {len(facets)} captions")
         wrong_count, lacking, stated, by_chance = attribute_table(facets, query_pids, top_pids, people)
         fails = sum(wrong_count.values())
         print(f"\n{lang}: R1 {100 * (1 - fails / len(query_pids)):.1f} (ITC only); {fails} failures; "
