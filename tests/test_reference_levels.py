@@ -87,7 +87,7 @@ def test_visible_colours_count_bag_and_hat_only_when_worn():
 
 def test_colour_reader_ignores_what_wears_each_colour():
     # the same colours on swapped garments: every caption ties the two people for the colour
-    # reader (R1 1/2); the gender, hair, shirt and trousers it states tell them apart for the ceiling
+    # reader (R1 1/2), also when their genders differ, which the ceiling reads (always stated)
     swapped = [(1, _person()), (2, _person(upper_colour="blue", lower_colour="red"))]
     assert colour_reader(0, swapped, images_per_id=2)["R1"] == pytest.approx(50.0)
     people = [(1, _person()), (2, _person(upper_colour="blue", lower_colour="red", gender="woman"))]
