@@ -37,7 +37,7 @@ from engine.amp import autocast, eval_dtype
 from engine.rerank import rerank_fast
 from model import build_model, load_finetuned
 from utils.checkpoint import CheckpointError, load_safe, read_checkpoint, save_atomic
-from utils.config import Config, config_from_dict, uses_tl_proj
+from utils.config import Config, apply_override, config_from_dict, uses_tl_proj
 from utils.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,13 @@ class Retriever:
         self.gallery: GalleryIndex | None = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Retriever:
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                        overrides: Sequence[str] = ()) -> Retriever:
         """Model, tokenizer and config from a checkpoint written by training (best_<lang>.pth ...).
 
         The stored config names the text encoder folder and the vision JSON; relative paths
-        in it are relative to the folder training ran in.
+        in it are relative to the folder training ran in. ``overrides`` (``key.sub=value``)
+        apply to the stored config, as ``main.py --resume`` applies them.
         """
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -102,7 +104,10 @@ class Retriever:
         ckpt = read_checkpoint(path)
         if "config" not in ckpt:
             raise CheckpointError(f"{path}: stores no config (written by this project's training?)")
-        cfg = config_from_dict(ckpt["config"], source=f"{path} (stored config)")
+        raw = ckpt["config"]
+        for override in overrides:
+            apply_override(raw, override)
+        cfg = config_from_dict(raw, source=f"{path} (stored config)")
         cfg.model.resume = ""  # the fine-tuned weights replace any pretrained ones
         for key, needed in (("text_encoder", cfg.text_encoder), ("vision_config", cfg.vision_config)):
             if not os.path.exists(needed):

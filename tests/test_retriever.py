@@ -10,6 +10,7 @@ import torch
 from engine.retriever import Hit, RetrievalError, Retriever, list_images
 from tests.retrieval_fixtures import TrainedRun, trained_run  # noqa: F401
 from utils.checkpoint import CheckpointError
+from utils.config import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -89,6 +90,14 @@ def test_gallery_cache_is_reused_until_an_image_or_the_checkpoint_changes(traine
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
     second.index(gallery, cache=cache)
     assert len(list(cache.iterdir())) == 2  # a new key: the edited file was encoded again
+
+
+def test_overrides_apply_to_the_stored_config(trained_run, retriever):
+    r = Retriever.from_checkpoint(trained_run.checkpoint, overrides=["model.k_test=3"])
+    assert r.cfg.model.k_test == 3 != retriever.cfg.model.k_test
+    assert all(torch.equal(a, b) for a, b in zip(r.model.state_dict().values(), retriever.model.state_dict().values()))
+    with pytest.raises(ConfigError, match="model.k_tset"):
+        Retriever.from_checkpoint(trained_run.checkpoint, overrides=["model.k_tset=3"])
 
 
 def test_errors_are_input_errors(trained_run, tmp_path, retriever):
