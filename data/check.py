@@ -47,7 +47,7 @@ def check_data(cfg: Config, need_train: bool) -> list[SplitSummary]:
         person = [p.id for p in pairs for _ in p.src_captions]
         try:  # one process; under torchrun the global batch is larger still
             GlobalBatchSampler(len(person), cfg.data.batch_size * cfg.distributed.virtual_processes, persons=person,
-                               instances=cfg.data.num_instances)
+                               instances=cfg.data.num_instances, max_batches=cfg.schedule.steps_per_epoch)
         except ValueError as e:
             raise DataError(str(e)) from None
     for split in (["val"] if need_train and has_split(cfg, "val") else []) + ["test"]:

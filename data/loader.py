@@ -62,7 +62,8 @@ def build_train_loader(cfg: Config, tokenizer, rank: int = 0, world_size: int = 
     try:
         sampler = GlobalBatchSampler(len(ds), cfg.data.batch_size * cfg.distributed.virtual_processes, rank,
                                      world_size, cfg.misc.seed,
-                                     persons=ds.pid_of, instances=cfg.data.num_instances)
+                                     persons=ds.pid_of, instances=cfg.data.num_instances,
+                                     max_batches=cfg.schedule.steps_per_epoch)
     except ValueError as e:
         raise DataError(str(e)) from None
     return DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,

@@ -18,11 +18,14 @@ class GlobalBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 persons: Sequence[int] | None = None, instances: int = 0):
+                 persons: Sequence[int] | None = None, instances: int = 0, max_batches: int = 0):
         """``instances`` > 0 (with ``persons``, the person index of every sample) makes
         identity-balanced batches: runs of ``instances`` samples of one person, shuffled
         as units, so every batch holds several positives per person (the usual P x K
         sampling of person re-identification). 0 keeps plain random batches (upstream).
+        ``max_batches`` > 0 ends each epoch after that many global batches of the epoch's
+        order (the order still covers the whole set, so later epochs reach other samples);
+        0 is one full pass.
         """
         global_batch = batch_size * world_size
         self.groups: list[list[int]] | None = None
@@ -40,7 +43,12 @@ class GlobalBatchSampler(Sampler[list[int]]):
             raise ValueError(f"training set has {usable} {kind}, fewer than one global batch "
                              f"({batch_size} per process x {world_size} processes = {global_batch}); "
                              "lower data.batch_size")
-        self.num_samples, self.usable, self.batch_size, self.instances = num_samples, usable, batch_size, instances
+        full = usable // global_batch
+        if max_batches < 0 or max_batches > full:
+            raise ValueError(f"schedule.steps_per_epoch is {max_batches}, but one pass over the training set "
+                             f"is {full} batches; set it between 1 and {full}, or 0 for the full pass")
+        self.batches = max_batches or full
+        self.num_samples, self.batch_size, self.instances = num_samples, batch_size, instances
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.epoch, self.start_batch = 0, 0
 
@@ -50,7 +58,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
-        return self.usable // (self.batch_size * self.world_size) - self.start_batch
+        return self.batches - self.start_batch
 
     def order(self, g: torch.Generator) -> list[int]:
         """This epoch's sample order (the same on every process)."""
@@ -66,6 +74,6 @@ class GlobalBatchSampler(Sampler[list[int]]):
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
         perm = self.order(g)
         gb = self.batch_size * self.world_size
-        for b in range(self.start_batch, len(perm) // gb):
+        for b in range(self.start_batch, min(self.batches, len(perm) // gb)):
             start = b * gb + self.rank * self.batch_size
             yield perm[start:start + self.batch_size]

@@ -89,17 +89,31 @@ def inside(img: np.ndarray, box: Box, margin: int = 2) -> np.ndarray:
     return img[box.top + margin:box.bottom - margin + 1, box.left + margin:box.right - margin + 1]
 
 
+def near_line(px: int, py: int, points: list[tuple[int, int]], radius: int) -> bool:
+    """Whether the polyline through ``points`` (pixels) passes within ``radius`` of (px, py)."""
+    for (ax, ay), (bx, by) in zip(points, points[1:] or points):
+        dx, dy = bx - ax, by - ay
+        t = max(0.0, min(1.0, ((px - ax) * dx + (py - ay) * dy) / (dx * dx + dy * dy))) if dx or dy else 0.0
+        if math.hypot(ax + t * dx - px, ay + t * dy - py) <= radius:
+            return True
+    return False
+
+
 def assert_series_drawn(img: np.ndarray, box: Box, series: list[tuple[tuple[int, int, int], list[tuple[float, float]]]],
                         xlim: tuple[float, float], ylim: tuple[float, float], log_y: bool = False,
-                        radius: int = 3, dashed: tuple = ()) -> None:
+                        radius: int = 3, dashed: tuple = (), drawn: list | None = None) -> None:
     """Every point of every series shows its colour at its place in ``box``. Series are given
-    in drawing order: where a later series has a point at (nearly) the same place, that
-    series' colour may have covered the earlier one's. ``dashed`` series, drawn last, may
-    cover others but are not checked themselves (a point can fall in a gap)."""
-    placed = [(colour, [box.pixel(x, y, xlim, ylim, log_y) for x, y in points]) for colour, points in [*series, *dashed]]
+    in drawing order: where a later series' line passes (nearly) through the same place,
+    that series' colour may have covered the earlier one's. ``dashed`` series, drawn last,
+    may cover others but are not checked themselves (a point can fall in a gap). ``drawn``:
+    the whole lines, in the same order, when ``series`` and ``dashed`` check only some of
+    their points."""
+    lines = [(colour, [box.pixel(x, y, xlim, ylim, log_y) for x, y in points])
+             for colour, points in (drawn if drawn is not None else [*series, *dashed])]
     for i, (colour, points) in enumerate(series):
-        for (x, y), (px, py) in zip(points, placed[i][1]):
+        for x, y in points:
+            px, py = box.pixel(x, y, xlim, ylim, log_y)
             found = colour_count(img, px, py, colour, radius)
-            covered = any(abs(qx - px) <= radius and abs(qy - py) <= radius and colour_count(img, px, py, c, radius)
-                          for c, later in placed[i + 1:] for qx, qy in later)
+            covered = any(near_line(px, py, line, radius) and colour_count(img, px, py, c, radius)
+                          for c, line in lines[i + 1:])
             assert found or covered, f"colour {colour} missing at data ({x}, {y}) = pixel ({px}, {py})"

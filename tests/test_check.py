@@ -191,6 +191,10 @@ def test_batch_larger_than_the_training_set(case, capsys):
     # virtual processes multiply a process's batch, as in training: 2 x 40 > 72
     rc, _, err = check(capsys, "--config", str(cfg), "data.batch_size=40", "distributed.virtual_processes=2")
     assert "training set has 72 samples, fewer than one global batch" in one_error(rc, err)
+    rc, _, err = check(capsys, "--config", str(cfg), "data.batch_size=8", "schedule.steps_per_epoch=10")
+    assert "schedule.steps_per_epoch is 10, but one pass over the training set is 9 batches" in one_error(rc, err)
+    rc, _, err = check(capsys, "--config", str(cfg), "data.batch_size=8", "schedule.steps_per_epoch=9")
+    assert rc == 0, err
 
 
 def test_eval_only_checks_the_test_split_only(case, capsys):

@@ -1,8 +1,10 @@
 """Datasets and loaders: sample contents, per-sample determinism, collate, evaluation data, bad images."""
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -184,16 +186,18 @@ def test_eval_and_train_captions_follow_the_cleaning_option(synthetic_root, toke
 
 
 def _broken_copy(src, dst):
+    """A copy whose first training image (that of samples 0 and 1) is not an image; returns its name too."""
     shutil.copytree(src, dst)
-    (dst / "imgs" / "train" / "00001_0.png").write_bytes(b"not an image")
-    return dst
+    name = json.loads((dst / "annos" / "train_reid_en.json").read_text())[0]["file_path"]
+    (dst / "imgs" / name).write_bytes(b"not an image")
+    return dst, Path(name).name
 
 
 def test_bad_image_error_and_skip(synthetic_root, tokenizer, tmp_path, caplog):  # noqa: F811
-    root = _broken_copy(synthetic_root, tmp_path / "broken")
+    root, name = _broken_copy(synthetic_root, tmp_path / "broken")
     cfg = make_config(root)
     ds = TrainDataset(cfg, tokenizer)
-    with pytest.raises(DataError, match="cannot read image .*00001_0.png"):
+    with pytest.raises(DataError, match=f"cannot read image .*{name}"):
         ds[0]
     cfg = make_config(root, on_bad_image="skip")
     ds = TrainDataset(cfg, tokenizer)
@@ -201,7 +205,7 @@ def test_bad_image_error_and_skip(synthetic_root, tokenizer, tmp_path, caplog): 
         first, again, other = ds[0], ds[0], ds[1]
     assert first["index"] == 2 and _same(first, again) and other["index"] == 2
     assert ds.skipped == 3 and ds.bad.bad_files == 1
-    assert sum("00001_0.png" in r.getMessage() for r in caplog.records) == 1
+    assert sum(name in r.getMessage() for r in caplog.records) == 1
     cfg.data.num_workers = 2
     loader = build_train_loader(cfg, tokenizer, dataset=TrainDataset(cfg, tokenizer))
     seen = torch.cat([b["index"] for b in loader])
@@ -211,11 +215,12 @@ def test_bad_image_error_and_skip(synthetic_root, tokenizer, tmp_path, caplog): 
 def test_bad_gallery_image(synthetic_root, tokenizer, tmp_path):  # noqa: F811
     root = tmp_path / "broken"
     shutil.copytree(synthetic_root, root)
-    path = root / "imgs" / "test" / "00007_1.png"
+    name = json.loads((root / "annos" / "test_reid_en.json").read_text())[3]["file_path"]
+    path = root / "imgs" / name
     path.write_bytes(b"")
     ev = build_eval_data(make_config(root), "test", "en", tokenizer)
     i = ev.gallery_paths.index(str(path))
-    with pytest.raises(DataError, match="cannot read image .*00007_1.png"):
+    with pytest.raises(DataError, match=f"cannot read image .*{Path(name).name}"):
         ev.gallery[i]
     ev = build_eval_data(make_config(root, on_bad_image="skip"), "test", "en", tokenizer)
     img, idx = ev.gallery[i]
@@ -240,3 +245,21 @@ def test_identity_balanced_batches_hold_k_samples_per_person():
     assert [a + b for a, b in zip(*two)] == batches
     one.set_epoch(1)
     assert list(one) != batches
+
+
+def test_steps_per_epoch_cuts_each_epoch_of_the_full_order():
+    from data.sampler import GlobalBatchSampler
+
+    persons = [p for p in range(10) for _ in range(6)]
+    full = GlobalBatchSampler(len(persons), 4, seed=5, persons=persons, instances=2)
+    cut = GlobalBatchSampler(len(persons), 4, seed=5, persons=persons, instances=2, max_batches=3)
+    for epoch in (0, 1):
+        full.set_epoch(epoch)
+        cut.set_epoch(epoch)
+        assert len(cut) == 3 and list(cut) == list(full)[:3]  # the first batches of the same order
+    cut.set_epoch(1, start_batch=2)  # a resume inside the cut epoch
+    assert len(cut) == 1 and list(cut) == list(full)[2:3]
+    assert len(GlobalBatchSampler(len(persons), 4, max_batches=15)) == 15  # exactly one pass
+    with pytest.raises(ValueError, match="schedule.steps_per_epoch is 16, but one pass over the training set is 15 "
+                                         "batches; set it between 1 and 15, or 0 for the full pass"):
+        GlobalBatchSampler(len(persons), 4, max_batches=16)

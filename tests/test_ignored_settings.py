@@ -32,6 +32,7 @@ def test_every_shipped_config_loads_and_its_image_res_agrees(path, capsys):
     (["use_clip_vit=true"], "key 'use_clip_vit' is not supported: Bi-IRRA uses BEiT-v2"),
     (["use_beit_v2=false"], "key 'use_beit_v2' must be true: BEiT-v2 is the only vision encoder"),
     (["schedule.save_every_steps=-1"], "key 'schedule.save_every_steps' must be >= 0"),
+    (["schedule.steps_per_epoch=-1"], "key 'schedule.steps_per_epoch' must be >= 0"),
 ])
 def test_settings_that_cannot_act_are_refused_in_one_line(overrides, needle):
     with pytest.raises(ConfigError) as e:

@@ -57,7 +57,9 @@ def assert_plot_shows(png, records: list[dict]) -> None:
     log_y = all(steps[s]["loss"] > 0 for s in xs)
     series = [(CYCLE[i], [(s, steps[s][t]) for s in sample if t in steps[s]]) for i, t in enumerate(terms)]
     total = (BLACK, [(s, steps[s]["loss"]) for s in sample])
-    assert_series_drawn(img, loss_box, series, xlim, auto_limits(values, log_y), log_y, dashed=(total,))
+    drawn = [(CYCLE[i], [(s, steps[s][t]) for s in xs if t in steps[s]]) for i, t in enumerate(terms)]
+    drawn.append((BLACK, [(s, steps[s]["loss"]) for s in xs]))
+    assert_series_drawn(img, loss_box, series, xlim, auto_limits(values, log_y), log_y, dashed=(total,), drawn=drawn)
 
     if not evals:
         area = inside(img, r1_box)

@@ -117,11 +117,39 @@ def test_tokenizer_cuts_like_sentencepiece_at_word_boundaries(synthetic_root):  
                 assert all(f"\u2581{w}" in pieces for w in cap.split() if w.isalpha()), pieces
 
 
+def test_val_and_test_people_do_not_depend_on_the_number_of_training_people(tmp_path):
+    small = make_synthetic(tmp_path / "a", train_ids=3, val_ids=2, test_ids=3, images_per_id=2, size=(16, 8))
+    large = make_synthetic(tmp_path / "b", train_ids=9, val_ids=2, test_ids=3, images_per_id=2, size=(16, 8),
+                           train_images_per_id=1)
+    for split in ("val", "test"):
+        for lang in ("en", "ch"):
+            name = f"annos/{split}_reid_{lang}.json"
+            assert (small / name).read_bytes() == (large / name).read_bytes()
+        for img in sorted((small / "imgs" / split).iterdir()):
+            assert img.read_bytes() == (large / "imgs" / split / img.name).read_bytes()
+    levels = [json.loads((r / "annos" / "reference_levels.json").read_text()) for r in (small, large)]
+    assert levels[0] == levels[1]
+    train = json.loads((large / "annos" / "train_reid_en.json").read_text())
+    assert len(train) == 9 and len({e["id"] for e in train}) == 9  # one image per training person
+    held_out = {e["id"] for split in ("val", "test") for e in json.loads((large / "annos" / f"{split}_reid_en.json").read_text())}
+    assert held_out.isdisjoint(e["id"] for e in train)
+
+
 def test_cli(tmp_path, capsys):
     main(["--out", str(tmp_path / "cli"), "--train-ids", "2", "--val-ids", "0", "--test-ids", "2",
           "--images-per-id", "1", "--size", "16x8", "--hidden-size", "16"])
     out = capsys.readouterr().out
     assert "train: 2 ids, 2 images, 4 captions" in out
+    main(["--out", str(tmp_path / "cli2"), "--train-ids", "3", "--val-ids", "0", "--test-ids", "2",
+          "--images-per-id", "2", "--train-images-per-id", "1", "--size", "16x8", "--hidden-size", "16"])
+    out = capsys.readouterr().out
+    assert "train: 3 ids, 3 images, 6 captions" in out and "test : 2 ids, 4 images, 8 captions" in out
+    args = ["--out", str(tmp_path / "cli2"), "--train-ids", "3", "--val-ids", "0", "--test-ids", "2",
+            "--images-per-id", "2", "--train-images-per-id", "1", "--size", "16x8", "--hidden-size", "16", "--reuse"]
+    main(args)  # the same arguments: nothing rewritten
+    assert capsys.readouterr().out == f"kept {tmp_path / 'cli2'}: generated with these arguments\n"
+    main(args + ["--train-ids", "4"])  # other arguments (the last --train-ids counts): generated again
+    assert "train: 4 ids, 4 images, 8 captions" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "x"), "--size", "big"])
     with pytest.raises(SystemExit):

@@ -64,6 +64,7 @@ class Schedule:
     skip_nonfinite: bool = False  # skip (and count) steps with a non-finite loss instead of stopping
     amp: str = "fp16"  # CUDA training precision: fp16 (autocast + GradScaler, upstream) | bf16 | fp32
     save_every_steps: int = 0  # also write checkpoint_last.pth every N steps inside an epoch; 0 = end of epoch only
+    steps_per_epoch: int = 0  # N > 0: an epoch ends after N steps (evaluation, checkpoint, schedule); 0 = one full pass
 
 
 @dataclass
@@ -490,6 +491,8 @@ def validate(cfg: Config) -> None:
                      "processes join through torchrun's environment variables (env://)")
     _check(s.save_every_steps >= 0, cfg, "schedule.save_every_steps",
            f"must be >= 0 (0: checkpoint at the end of each epoch only), got {s.save_every_steps}")
+    _check(s.steps_per_epoch >= 0, cfg, "schedule.steps_per_epoch",
+           f"must be >= 0 (0: one full pass over the training set), got {s.steps_per_epoch}")
     _check(cfg.patch_size > 0, cfg, "patch_size", f"must be positive, got {cfg.patch_size}")
     _check(cfg.log.print_period > 0, cfg, "log.print_period", f"must be positive, got {cfg.log.print_period}")
 
