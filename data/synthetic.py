@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="keep --out as it is if a complete generation with these same arguments is there")
     args = ap.parse_args(argv)
     if args.train_ids < 2 or args.test_ids < 2 or args.val_ids < 0 or args.images_per_id < 1 or args.train_images_per_id < 0:
-        ap.error("need at least 2 train and 2 test identities, val >= 0 and at least 1 image per identity")
+        ap.error("need at least 2 train and 2 test identities, val >= 0, at least 1 image per identity "
+                 "and --train-images-per-id >= 0")
     if args.hidden_size <= 0 or args.hidden_size % 4:
         ap.error(f"--hidden-size must be a positive multiple of the 4 attention heads, got {args.hidden_size}")
     record = Path(args.out) / GENERATION_FILE
