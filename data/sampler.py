@@ -74,6 +74,6 @@ class GlobalBatchSampler(Sampler[list[int]]):
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
         perm = self.order(g)
         gb = self.batch_size * self.world_size
-        for b in range(self.start_batch, min(self.batches, len(perm) // gb)):
+        for b in range(self.start_batch, self.batches):  # the order holds at least self.batches global batches
             start = b * gb + self.rank * self.batch_size
             yield perm[start:start + self.batch_size]

@@ -311,6 +311,7 @@ def generate(out: str | Path, seed: int = 0, train_ids: int = 800, val_ids: int 
 
 
 def images_per_split(images_per_id: int, train_images_per_id: int = 0) -> dict[str, int]:
+    """Images per person of each split: ``train_images_per_id`` (when > 0) for train only."""
     return {"train": train_images_per_id or images_per_id, "val": images_per_id, "test": images_per_id}
 
 
@@ -358,8 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     record = Path(args.out) / GENERATION_FILE
     counts = {"train": args.train_ids, "val": args.val_ids, "test": args.test_ids}
     per_id = images_per_split(args.images_per_id, args.train_images_per_id)
-    if args.reuse and record.is_file() and json.loads(record.read_text()) == json.loads(
-            json.dumps(generation_args(args.seed, counts, per_id, args.size, args.hidden_size))):
+    if args.reuse and record.is_file() and json.loads(record.read_text()) == generation_args(
+            args.seed, counts, per_id, args.size, args.hidden_size):
         print(f"kept {args.out}: generated with these arguments")
         return
     start = time.time()
