@@ -3,7 +3,8 @@
     python -m data.synthetic --out data/synthetic
 
 Default size: 800 train ids, 50 val ids, 100 test ids, 4 images per id at 128x64, two
-captions per image (train 3,200 images / 6,400 captions; val 200 / 400; test 400 / 800):
+captions per image (train 3,200 images / 6,400 captions; val 200 / 400; test 400 / 800;
+shell/demo.sh uses ``--train-ids 3200``):
 100 test identities share a small attribute vocabulary, so text-to-image retrieval is
 far from trivial, yet a tiny model learns it within a few CPU minutes.
 
@@ -35,15 +36,16 @@ from pathlib import Path
 
 import numpy as np
 
-from data.synthetic_captions import (LANGS, Identity, Plan, mentioned_facets, plan_caption, sample_identity,
-                                     write_caption)
+from data.synthetic_captions import (CH_WORDS, LANGS, Identity, Plan, mentioned_facets, plan_caption,
+                                     sample_identity, write_caption)
 from data.synthetic_render import render_person
 
 SPLITS = ("train", "val", "test")
 CAPTIONS_PER_IMAGE = 2
 REFERENCE_FILE = "reference_levels.json"  # in annos/: metrics of the reference rankers per split
 GENERATION_FILE = "generation.json"  # in the output folder, written last: the arguments of a complete generation
-GENERATOR_VERSION = 2  # raise it when the same arguments would write different files (2: held-out people drawn first)
+GENERATOR_VERSION = 3  # raise it when the same arguments would write different files (2: held-out people drawn
+# first; 3: Chinese word pieces)
 
 
 def sample_identities(seed: int, counts: dict[str, int]) -> dict[str, list[tuple[int, Identity]]]:
@@ -201,17 +203,20 @@ def train_sentencepiece(captions: list[str], vocab_size: int = 4000) -> bytes:
     hundred distinct words: it keeps ~100 character-like pieces for English and whole
     clauses for Chinese), and a BPE model would be read by Hugging Face's XLM-R tokenizer
     as unigram pieces scored by merge rank, which cuts words into fragments. So the pieces
-    come from a BPE run, except that Chinese is cut into single characters (BPE would
-    merge whole clauses such as "wears a red hat" into one piece, and a shorter cap cuts
-    across words, "穿棕|色的"; characters keep colour and garment words consistent and
-    compositional), and each piece is scored by the log of its frequency in the corpus
-    segmented into the fewest pieces. SentencePiece and the Hugging Face tokenizer then cut
-    every caption the same way, at word boundaries.
+    come from a BPE run, except for Chinese: BPE would merge whole clauses such as "wears a
+    red hat" into one piece, and a shorter cap cuts across words ("穿棕|色的"), so its
+    multi-character pieces are replaced by the words of the caption tables
+    (``CH_WORDS``; any other character is a piece of its own), which keeps colour and
+    garment words consistent and compositional. Each piece is scored by the log of its
+    frequency in the corpus segmented into the fewest pieces. SentencePiece and the Hugging
+    Face tokenizer then cut every caption the same way, at word boundaries.
     """
     import math
 
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from data.text import clean_caption
 
     bpe = io.BytesIO()  # written from memory: a model_prefix would embed the output path in the file
     spm.SentencePieceTrainer.train(
@@ -226,6 +231,10 @@ def train_sentencepiece(captions: list[str], vocab_size: int = 4000) -> bytes:
             if p.type != normal or len(p.piece.lstrip("\u2581")) <= 1 or not any(map(_is_cjk, p.piece))]
     del proto.pieces[:]
     proto.pieces.extend(keep)
+    have = {p.piece for p in keep}
+    for word in dict.fromkeys(clean_caption(w) for w in CH_WORDS):
+        if word not in have:
+            proto.pieces.add(piece=word, type=normal)
     for p in proto.pieces:
         p.score = -1.0  # equal scores: the fewest pieces win
     fewest = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())

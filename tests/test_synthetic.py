@@ -12,6 +12,7 @@ import pytest
 
 from data.annotations import load_split
 from data.synthetic import main
+from data.synthetic_captions import CH_WORDS, COLOURS
 from tests.data_fixtures import make_config, make_synthetic, synthetic_root  # noqa: F401
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -94,7 +95,7 @@ def test_tokenizer_folder_loads_offline_and_knows_chinese(synthetic_root):  # no
 
 def test_tokenizer_cuts_like_sentencepiece_at_word_boundaries(synthetic_root):  # noqa: F811
     """The HF tokenizer reads the model as unigram pieces; it must cut exactly as SentencePiece
-    does, keep en/fr/de words whole and cut Chinese into single characters."""
+    does, keep en/fr/de words whole and cut Chinese into the words of the caption tables."""
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
@@ -103,6 +104,8 @@ def test_tokenizer_cuts_like_sentencepiece_at_word_boundaries(synthetic_root):  
     folder = synthetic_root / "text_encoder"
     tok = AutoTokenizer.from_pretrained(str(folder))
     sp = spm.SentencePieceProcessor(model_file=str(folder / "sentencepiece.bpe.model"))
+    words = {clean_caption(w) for w in CH_WORDS}
+    colours = {c[2] for c in COLOURS.values()}
     for lang in ("en", "ch", "fr", "de"):
         caps = [clean_caption(c) for split in ("train", "test")
                 for e in json.loads((synthetic_root / "annos" / f"{split}_reid_{lang}.json").read_text(encoding="utf-8"))
@@ -110,8 +113,9 @@ def test_tokenizer_cuts_like_sentencepiece_at_word_boundaries(synthetic_root):  
         for cap in caps:
             pieces = tok.tokenize(cap)
             assert pieces == sp.encode(cap, out_type=str)
-            if lang == "ch":
-                assert all(len(CJK.findall(p)) <= 1 for p in pieces), pieces
+            if lang == "ch":  # a table word or a single character; the words are found, not cut
+                assert all(len(CJK.findall(p)) <= 1 or p.lstrip("\u2581") in words for p in pieces), pieces
+                assert all(c in pieces for c in colours if c in cap), pieces  # a colour is one piece
             else:  # words are whole pieces; the ',' and '-' that upstream cleaning keeps are pieces of their own
                 assert "".join(pieces).split("\u2581")[1:] == cap.split(), pieces
                 assert all(f"\u2581{w}" in pieces for w in cap.split() if w.isalpha()), pieces
