@@ -2,7 +2,7 @@
 # End-to-end demo on the synthetic multilingual pedestrian dataset, on the CPU:
 # generate the data (once), then train in two stages, as real users fine-tune a pretrained model:
 #   1. "pretraining" on the synthetic training split with ITC only (itm.weight=0: a step costs
-#      about 40 % of a four-loss step; ITM and the fusion layer keep their initialisation),
+#      about a third of a four-loss step; ITM and the fusion layer keep their initialisation),
 #      2,800 steps whose learning rate ends at 3e-4 rather than near 0 (stage 2 anneals; val R1
 #      56 against 45 at the same step count, docs/benchmarks.md), exported in the CCLM-X2VLM
 #      key layout (tools/export_cclm.py);
