@@ -144,12 +144,11 @@ def test_cli(tmp_path, capsys):
           "--images-per-id", "1", "--size", "16x8", "--hidden-size", "16"])
     out = capsys.readouterr().out
     assert "train: 2 ids, 2 images, 4 captions" in out
-    main(["--out", str(tmp_path / "cli2"), "--train-ids", "3", "--val-ids", "0", "--test-ids", "2",
-          "--images-per-id", "2", "--train-images-per-id", "1", "--size", "16x8", "--hidden-size", "16"])
-    out = capsys.readouterr().out
-    assert "train: 3 ids, 3 images, 6 captions" in out and "test : 2 ids, 4 images, 8 captions" in out
     args = ["--out", str(tmp_path / "cli2"), "--train-ids", "3", "--val-ids", "0", "--test-ids", "2",
             "--images-per-id", "2", "--train-images-per-id", "1", "--size", "16x8", "--hidden-size", "16", "--reuse"]
+    main(args)  # no record yet: generated
+    out = capsys.readouterr().out
+    assert "train: 3 ids, 3 images, 6 captions" in out and "test : 2 ids, 4 images, 8 captions" in out
     main(args)  # the same arguments: nothing rewritten
     assert capsys.readouterr().out == f"kept {tmp_path / 'cli2'}: generated with these arguments\n"
     main(args + ["--train-ids", "4"])  # other arguments (the last --train-ids counts): generated again
