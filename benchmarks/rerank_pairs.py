@@ -33,7 +33,9 @@ def pair_table(correct: torch.Tensor, itm: torch.Tensor, ks: list[int]) -> dict[
     """Figures of the module docstring from ``correct`` [Q, K] (candidate shows the query's person,
     candidates in ITC order) and the ITM scores ``itm`` [Q, K] of the same candidates.
 
-    Ties in ITM keep ITC's order, as ``engine.evaluate.apply_rerank`` does.
+    Ties in ITM keep ITC's order, as ``engine.evaluate.apply_rerank`` does. R1 counts every
+    query, as the evaluation does when each query's person is in the gallery (true of the
+    synthetic splits; the evaluation leaves out queries without one).
     """
     out = {"R1_itc": 100 * correct[:, 0].float().mean().item()}
     for k in ks:
