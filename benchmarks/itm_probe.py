@@ -26,6 +26,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from benchmarks.rerank_pairs import candidates, pair_table
 from data.loader import build_train_loader
@@ -75,7 +76,7 @@ def pair_figures(r: Retriever, split: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def batches(loader) -> Iterator[dict[str, torch.Tensor]]:
+def batches(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
     """The training batches, epoch after epoch."""
     epoch = 0
     while True:
@@ -87,7 +88,8 @@ def batches(loader) -> Iterator[dict[str, torch.Tensor]]:
 
 def probe(r: Retriever, steps: int, every: int, sharpness: float, lr: float, split: str,
           log_every: int = 50) -> Iterator[dict]:
-    """Rows ``{"step", "itm"}`` (mean loss over the last ``log_every`` steps, seconds a step) and
+    """Rows ``{"step", "itm", "s_per_step"}`` (mean loss over the last ``log_every`` steps; wall
+    seconds a step so far, evaluations included) and
     ``{"step", "pairs"}`` (``pair_figures``) as training goes; the model is trained in place."""
     model, cfg = r.model, r.cfg
     torch.manual_seed(cfg.misc.seed)
@@ -143,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         if "pairs" in row:
             print(format_pairs(row["step"], row["pairs"]), flush=True)
         else:
-            print(f"step {row['step']}: ITM loss {row['itm']:.3f} ({row['s_per_step']:.3f} s/step)", flush=True)
+            print(f"step {row['step']}: ITM loss {row['itm']:.3f} "
+                  f"({row['s_per_step']:.3f} s/step, evaluations included)", flush=True)
 
 
 if __name__ == "__main__":
