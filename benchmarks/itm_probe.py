@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from benchmarks.rerank_pairs import candidates, pair_table
+from benchmarks.rerank_pairs import candidates, describe, pair_table
 from data.loader import build_train_loader
 from engine.retriever import Retriever
 
@@ -119,12 +119,7 @@ def probe(r: Retriever, steps: int, every: int, sharpness: float, lr: float, spl
 
 
 def format_pairs(step: int, pairs: dict[str, dict[str, float]]) -> str:
-    parts = []
-    for lang, t in pairs.items():
-        accs = f"ITC {t['itc_acc']:.3f} ITM {t['itm_acc']:.3f}" if t["split_pairs"] else "-"
-        parts.append(f"{lang}: R1 ITC {t['R1_itc']:.2f} top2 {t['R1_top2']:.2f} top8 {t['R1_top8']:.2f}, "
-                     f"split pairs {t['split_pairs']}: {accs}")
-    return f"step {step} | " + " | ".join(parts)
+    return f"step {step} | " + " | ".join(f"{lang}: {describe(t, DEPTHS)}" for lang, t in pairs.items())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,6 +50,13 @@ def pair_table(correct: torch.Tensor, itm: torch.Tensor, ks: list[int]) -> dict[
     return out
 
 
+def describe(t: dict[str, float], ks: list[int]) -> str:
+    """One line of a ``pair_table``: R1 from ITC and re-ranked at each depth of ``ks``, split-pair accuracies."""
+    depths = " ".join(f"top{k} {t[f'R1_top{k}']:.2f}" for k in ks)
+    accs = f"ITC {t['itc_acc']:.3f}, ITM {t['itm_acc']:.3f}" if t["split_pairs"] else "-"
+    return f"R1 ITC {t['R1_itc']:.2f}, re-ranked {depths}; split pairs {t['split_pairs']}: accuracy {accs}"
+
+
 @torch.no_grad()
 def candidates(r: Retriever, split: str, lang: str, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(correct [Q, k], ITM scores [Q, k], similarity [Q, k]) of each query's top k by ITC."""
@@ -81,10 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     for lang in args.lang or ["en", "ch"]:
         correct, itm, sim = candidates(r, args.split, lang, ks[-1])
         t = pair_table(correct, itm, ks)
-        depths = " ".join(f"top{k} {t[f'R1_top{k}']:.2f}" for k in ks)
-        accs = f"ITC {t['itc_acc']:.3f}, ITM {t['itm_acc']:.3f}" if t["split_pairs"] else "-"
-        print(f"{lang} ({args.split}, {correct.shape[0]} queries): R1 ITC {t['R1_itc']:.2f}, re-ranked {depths}; "
-              f"split pairs {t['split_pairs']}: accuracy {accs}; spread over the top {ks[-1]}: "
+        print(f"{lang} ({args.split}, {correct.shape[0]} queries): {describe(t, ks)}; spread over the top {ks[-1]}: "
               f"ITM {itm.std(dim=1).mean():.3f}, similarity/temperature {(sim / temp).std(dim=1).mean():.3f}")
 
 
