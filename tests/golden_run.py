@@ -3,7 +3,8 @@
 The demo model (config/demo.yaml: width 128, 3 vision layers, 2 text + 1 fusion layer)
 trains from scratch with all four losses and upstream's hard ITM negatives for 2 epochs
 of 3 steps on a small synthetic dataset, three ways: one process, a 2-process torchrun
-(gloo), and one process with ``distributed.virtual_processes=2``. Every step's logged loss
+(gloo), and one process with ``distributed.virtual_processes=2``; a fourth run is the
+demo's ITC-only stage 1 (shell/demo.sh's overrides). Every step's logged loss
 terms and every final weight are recorded, so a refactor that changes any number shows.
 
 Record anew (only when a change is meant to alter the numbers, with the reason in the
@@ -24,7 +25,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "fixed_seed_run.json"
-RUNS = {"single": (1, []), "torchrun2": (2, []), "virtual2": (1, ["distributed.virtual_processes=2"])}
+STAGE1 = ["itm.weight=0", "mlm.is_mlm=false", "mim.use_mim=false", "schedule.lr=1e-3", "schedule.lr_end=3e-4"]
+RUNS = {"single": (1, []), "torchrun2": (2, []), "virtual2": (1, ["distributed.virtual_processes=2"]),
+        "stage1": (1, STAGE1)}
 
 
 def make_data(out: Path) -> Path:
