@@ -69,6 +69,12 @@ def check(cfg: Config, need_train: bool) -> int:
     from utils.config import check_paths
 
     check_paths(cfg, need_train=need_train)
+    if need_train:
+        import torch
+
+        from engine.step import check_compile
+
+        check_compile(cfg, "cuda" if str(cfg.device) != "cpu" and torch.cuda.is_available() else "cpu")
     summary = check_data(cfg, need_train=need_train)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
     print(format_summary(summary))

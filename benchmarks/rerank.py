@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -72,7 +73,7 @@ def reference_pair_flops(length: int, tokens: int, d: int, ff: int, layers: int)
 
 
 def fast_batch_flops(texts: int, pairs: int, length: int, tokens: int, d: int, ff: int, layers: int) -> int:
-    """Matmul FLOPs of one ``BiIRRA.itm_score_pairs`` call (``texts`` captions padded to
+    """Matmul FLOPs of one ``BiIRRA.itm_logits_pairs`` call (``texts`` captions padded to
     ``length``, ``pairs`` pairs): layer 0's self-attention once per caption, the last layer
     for token 0 only, image keys/values cached."""
     total = 0
@@ -156,7 +157,8 @@ def measure_memory(model, embeds: torch.Tensor, mask: torch.Tensor, topk: torch.
             f"{name} {v:.0f}" if name == "blocks" else f"{name} {v / 2**30:.2f} GiB" for name, v in f.items()))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line; --k deeper than the gallery is refused, as no query has that many candidates."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=2)
     parser.add_argument("--gallery", type=int, default=256)
@@ -170,11 +172,30 @@ def main() -> None:
     parser.add_argument("--kv-budget-mib", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     if args.k > args.gallery:
         parser.error("--k must not exceed --gallery")
-    torch.manual_seed(args.seed)
-    cpu = torch.device("cpu")
+    return args
+
+
+@dataclass
+class Inputs:
+    """The full-size model, its sizes, and the queries and gallery both methods re-rank."""
+    model: torch.nn.Module
+    d: int  # width
+    ff: int  # feed-forward width
+    layers: int  # fusion layers
+    tokens: int  # image tokens, 1 + patches
+    pad_to: int  # experiment.text_length, the padded caption length of (a)
+    lengths: torch.Tensor  # [Q] caption lengths
+    mask: torch.Tensor  # [Q, pad_to]
+    embeds: torch.Tensor  # [Q, pad_to, d] encoded captions
+    gallery: torch.Tensor  # [G, tokens, d] random image embeddings
+    topk: torch.Tensor  # [Q, k] random candidates
+
+
+def build_inputs(args: argparse.Namespace) -> Inputs:
+    """The published architecture with random weights (no download: a tiny tokenizer and an
+    xlm-roberta-base-shaped config in a temporary folder) and random inputs of its sizes."""
     with tempfile.TemporaryDirectory() as tmp:
         write_tokenizer(Path(tmp))
         write_text_config(Path(tmp))
@@ -182,11 +203,9 @@ def main() -> None:
         model, _ = build_model(cfg)
     model.eval()
     text_cfg = model.text_encoder.config
-    d, ff, layers = text_cfg.hidden_size, text_cfg.intermediate_size, len(model.cross_encoder.layer)
     h, w = cfg.experiment.input_resolution
     tokens = (h // cfg.patch_size) * (w // cfg.patch_size) + 1
     pad_to = cfg.experiment.text_length
-
     q = args.queries
     lengths = torch.linspace(20, 60, q).round().long() if q > 1 else torch.tensor([40])
     mask = (torch.arange(pad_to)[None] < lengths[:, None]).long()
@@ -194,64 +213,97 @@ def main() -> None:
     ids[:, 0], ids[mask == 0] = 0, text_cfg.pad_token_id
     with torch.no_grad():
         embeds = model.encode_text(ids, mask)
-    gallery = torch.randn(args.gallery, tokens, d)
+    gallery = torch.randn(args.gallery, tokens, text_cfg.hidden_size)
     topk = torch.rand(q, args.gallery).argsort(dim=1)[:, :args.k]
-    print(f"full-size model: {layers} fusion layers, width {d}, {tokens} image tokens; {q} queries x k {args.k}, "
-          f"caption lengths {lengths.tolist()} (padded to {pad_to} for (a)), gallery {args.gallery}; "
-          f"{torch.get_num_threads()} threads")
-    if args.memory:
-        measure_memory(model, embeds, mask, topk, gallery, args, (tokens, d, layers))
-        return
+    return Inputs(model, text_cfg.hidden_size, text_cfg.intermediate_size, len(model.cross_encoder.layer), tokens,
+                  pad_to, lengths, mask, embeds, gallery, topk)
 
+
+@dataclass
+class Timings:
+    """What :func:`time_methods` measured: per query wall and CPU seconds of (a) and (b), their scores."""
+    scores_a: torch.Tensor
+    scores_b: torch.Tensor
+    time_a: list[float]
+    time_b: list[float]
+    cpu_a: list[float]
+    cpu_b: list[float]
+    rates: list[float]  # matmul rates, before and after each query
+    cache_s: float  # seconds to cache the gallery's keys/values
+    cached: int  # images in the cache
+
+
+def time_methods(inp: Inputs, args: argparse.Namespace) -> Timings:
+    """(a) and (b) on each query, alternating which goes first so both see the same load."""
+    cpu, q, model, embeds, mask, topk = torch.device("cpu"), args.queries, inp.model, inp.embeds, inp.mask, inp.topk
     rates = [matmul_rate()]
     t = time.perf_counter()
-    block_ids, kv = next(kv_blocks(model, gallery, topk, None, args.batch, cpu))
+    block_ids, kv = next(kv_blocks(model, inp.gallery, topk, None, args.batch, cpu))
     if len(block_ids) != len(torch.unique(topk)):
         raise SystemExit("the gallery's keys/values do not fit the default budget: lower --gallery")
     cache_s = time.perf_counter() - t
-    scores_a, scores_b = torch.empty(q, args.k), torch.empty(q, args.k)
-    time_a, time_b, cpu_a, cpu_b = [0.0] * q, [0.0] * q, [0.0] * q, [0.0] * q
+    m = Timings(torch.empty(q, args.k), torch.empty(q, args.k), [0.0] * q, [0.0] * q, [0.0] * q, [0.0] * q,
+                rates, cache_s, len(block_ids))
     for i in range(q):
         def run_a() -> None:
-            scores_a[i] = rerank_reference(model, embeds[i:i + 1], mask[i:i + 1], topk[i:i + 1], gallery,
-                                           args.ref_batch, cpu)[0]
+            m.scores_a[i] = rerank_reference(model, embeds[i:i + 1], mask[i:i + 1], topk[i:i + 1], inp.gallery,
+                                             args.ref_batch, cpu)[0]
 
         def run_b() -> None:
             score_block(model, lambda s, e: (embeds[i:i + 1], mask[i:i + 1]), topk[i:i + 1], block_ids, kv,
-                        scores_b[i:i + 1], chunk=1, batch_size=args.batch, device=cpu)
+                        m.scores_b[i:i + 1], chunk=1, batch_size=args.batch, device=cpu)
 
         for name, run in (("a", run_a), ("b", run_b)) if i % 2 == 0 else (("b", run_b), ("a", run_a)):
             t, c = time.perf_counter(), time.process_time()
             run()
-            (time_a if name == "a" else time_b)[i] = time.perf_counter() - t
-            (cpu_a if name == "a" else cpu_b)[i] = time.process_time() - c
+            (m.time_a if name == "a" else m.time_b)[i] = time.perf_counter() - t
+            (m.cpu_a if name == "a" else m.cpu_b)[i] = time.process_time() - c
         rates.append(matmul_rate())
-        print(f"query {i} ({int(lengths[i])} tokens): (a) {time_a[i]:.1f} s, (b) {time_b[i]:.1f} s "
-              f"(CPU time {cpu_a[i]:.1f} s, {cpu_b[i]:.1f} s)", flush=True)
+        print(f"query {i} ({int(inp.lengths[i])} tokens): (a) {m.time_a[i]:.1f} s, (b) {m.time_b[i]:.1f} s "
+              f"(CPU time {m.cpu_a[i]:.1f} s, {m.cpu_b[i]:.1f} s)", flush=True)
+    return m
 
-    ta, tb = sum(time_a), sum(time_b)
-    maxdiff = float((scores_a - scores_b).abs().max())
-    rate = max(rates)
-    flops_a = q * args.k * reference_pair_flops(pad_to, tokens, d, ff, layers)
-    flops_b = fast_flops(lengths.tolist(), args.k, tokens, d, ff, layers, args.batch, cpu_max_tokens(model))
+
+def print_results(inp: Inputs, m: Timings, args: argparse.Namespace) -> None:
+    """Totals, FLOP rates against the measured floor, the CUHK-PEDES projection, and the last line."""
+    q, k, (tokens, d, ff, layers) = args.queries, args.k, (inp.tokens, inp.d, inp.ff, inp.layers)
+    ta, tb, cpu_a, cpu_b = sum(m.time_a), sum(m.time_b), sum(m.cpu_a), sum(m.cpu_b)
+    maxdiff = float((m.scores_a - m.scores_b).abs().max())
+    rate = max(m.rates)
+    flops_a = q * k * reference_pair_flops(inp.pad_to, tokens, d, ff, layers)
+    flops_b = fast_flops(inp.lengths.tolist(), k, tokens, d, ff, layers, args.batch, cpu_max_tokens(inp.model))
     floor = flops_b / rate
-    flops_cache = len(block_ids) * layers * 4 * tokens * d * d
-    print(f"matmul rate (fp32, best of {len(rates)} measurements in CPU time): {rate / 1e9:.1f} GFLOP/s "
-          f"(all: {', '.join(f'{r / 1e9:.1f}' for r in rates)})")
-    print(f"(a) upstream-style: {ta:.1f} s (CPU time {sum(cpu_a):.1f} s), {flops_a / 1e12:.2f} TFLOP "
+    flops_cache = m.cached * layers * 4 * tokens * d * d
+    print(f"matmul rate (fp32, best of {len(m.rates)} measurements in CPU time): {rate / 1e9:.1f} GFLOP/s "
+          f"(all: {', '.join(f'{r / 1e9:.1f}' for r in m.rates)})")
+    print(f"(a) upstream-style: {ta:.1f} s (CPU time {cpu_a:.1f} s), {flops_a / 1e12:.2f} TFLOP "
           f"({flops_a / ta / 1e9:.1f} GFLOP/s)")
-    print(f"(b) ours:           {tb:.1f} s (CPU time {sum(cpu_b):.1f} s), {flops_b / 1e12:.2f} TFLOP "
+    print(f"(b) ours:           {tb:.1f} s (CPU time {cpu_b:.1f} s), {flops_b / 1e12:.2f} TFLOP "
           f"({flops_b / tb / 1e9:.1f} GFLOP/s), FLOP floor {floor:.1f} s")
-    print(f"ratio of CPU times: {sum(cpu_a) / sum(cpu_b):.2f}")
-    print(f"k/v cache of {len(block_ids)} images (once per gallery): {cache_s:.1f} s, {flops_cache / 1e12:.2f} TFLOP; "
-          f"ratio with it charged to these {q} queries: {ta / (tb + cache_s):.2f}")
-    pair_a, pair_b = ta / (q * args.k), tb / (q * args.k)
-    proj_a = CUHK_QUERIES * args.k * pair_a
-    proj_b = CUHK_QUERIES * args.k * pair_b + CUHK_IMAGES * cache_s / len(block_ids)
-    print(f"projected CUHK-PEDES test re-ranking ({CUHK_QUERIES} queries x {args.k}, {CUHK_IMAGES} images, "
+    print(f"ratio of CPU times: {cpu_a / cpu_b:.2f}")
+    print(f"k/v cache of {m.cached} images (once per gallery): {m.cache_s:.1f} s, {flops_cache / 1e12:.2f} TFLOP; "
+          f"ratio with it charged to these {q} queries: {ta / (tb + m.cache_s):.2f}")
+    pair_a, pair_b = ta / (q * k), tb / (q * k)
+    proj_a = CUHK_QUERIES * k * pair_a
+    proj_b = CUHK_QUERIES * k * pair_b + CUHK_IMAGES * m.cache_s / m.cached
+    print(f"projected CUHK-PEDES test re-ranking ({CUHK_QUERIES} queries x {k}, {CUHK_IMAGES} images, "
           f"these caption lengths): (a) {proj_a / 3600:.1f} h, (b) {proj_b / 3600:.1f} h incl. cache, "
           f"ratio {proj_a / proj_b:.2f}")
     print(f"speedup {ta / tb:.2f} maxdiff {maxdiff:.2e} floor_ratio {tb / floor:.2f}")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    inp = build_inputs(args)
+    print(f"full-size model: {inp.layers} fusion layers, width {inp.d}, {inp.tokens} image tokens; {args.queries} "
+          f"queries x k {args.k}, caption lengths {inp.lengths.tolist()} (padded to {inp.pad_to} for (a)), "
+          f"gallery {args.gallery}; {torch.get_num_threads()} threads")
+    if args.memory:
+        measure_memory(inp.model, inp.embeds, inp.mask, inp.topk, inp.gallery, args, (inp.tokens, inp.d, inp.layers))
+        return
+    print_results(inp, time_methods(inp, args), args)
 
 
 if __name__ == "__main__":

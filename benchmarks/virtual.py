@@ -5,8 +5,8 @@
 Both cases train on the same global batch of 2B samples (the demo model of
 config/demo.yaml, random images and captions; a throw-away tokenizer and config.json of
 the demo's text width), with every configured loss, in their own process so that each
-peak is its own. A step is what the trainer does: forward, backward (for V=2: the no-grad
-feature pass, then one micro-batch at a time, engine/virtual.py), AdamW step. Memory is
+peak is its own. A step is the trainer's own (engine.step.TrainStep): forward, backward
+(for V=2: the no-grad feature pass, then one micro-batch at a time), AdamW step. Memory is
 the resident set (VmRSS; VmHWM after a reset through /proc/self/clear_refs): "resident"
 once the model is built, "step peak" over a warm-up step and the timed steps (so
 "peak - resident" is the step's activations, gradients and AdamW state).
@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.model_size import random_batch, rss_gib
-from engine.optim import build_optimizer
-from engine.virtual import VirtualProcesses, seed_step
+from engine.step import build_train_step
 from model import build_model
 from tests.model_fixtures import write_text_config, write_tokenizer
 from utils.config import load_config
@@ -42,19 +41,11 @@ def run_case(virtual: int, batch: int, steps: int, text_len: int) -> dict[str, f
                                                f"data.batch_size={batch}", f"distributed.virtual_processes={virtual}"])
         model, _ = build_model(cfg)
     inputs = random_batch(cfg, batch * virtual, text_len, 4000, 3999)
-    optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
-    runner = VirtualProcesses(cfg, model, model, None) if virtual > 1 else None
+    train_step = build_train_step(cfg, model, torch.device("cpu"), steps_per_epoch=steps + 1)
     model.train()
 
     def step(i: int) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        if runner is not None:
-            runner.forward_backward(inputs, i, scaler, lambda losses: None)
-        else:
-            seed_step(cfg.misc.seed, i, 0)
-            sum(model(inputs).values()).backward()
-        optimizer.step()
+        train_step(inputs, i)
 
     resident, _ = rss_gib()
     Path("/proc/self/clear_refs").write_text("5")

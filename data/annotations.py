@@ -14,6 +14,10 @@ from data.text import has_words
 from utils.config import Config, annotation_path, query_languages
 from utils.errors import InputError
 
+# optional, next to the annotation files: per evaluation split, the metrics of reference rankers that the
+# evaluation report shows beside the model's (engine/reference_levels.py; the synthetic generator writes one)
+REFERENCE_FILE = "reference_levels.json"
+
 
 class DataError(InputError):
     """A data problem, reported as one line."""

@@ -1,4 +1,4 @@
-"""Caption text: cleaning, token-level truncation and MLM masking (SPEC §4.3, §6, §9b)."""
+"""Caption text: cleaning, token-level truncation and MLM masking (docs/design.md, docs/fidelity.md)."""
 from __future__ import annotations
 
 import re

@@ -1,4 +1,4 @@
-"""Image transforms of SPEC §6 as upstream ``misc/data.py`` builds them.
+"""Image transforms as upstream ``misc/data.py`` builds them.
 
 Train: bilinear resize -> tensor -> two random operations drawn with replacement -> ImageNet
 normalisation; test: bicubic antialiased resize -> tensor -> normalisation.

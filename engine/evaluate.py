@@ -11,6 +11,10 @@ Three passes over the local queries: (1) encode them, keep their global features
 top-k candidates; (2) re-rank all (query, candidate) pairs; (3) rebuild each chunk's
 similarity order, apply the re-ranking, compute statistics. Pass 3 recomputes the
 similarities of pass 1 (same inputs, same result) rather than keeping a Q x G order.
+
+With re-ranking of the top k > 1, pass 3 also counts the queries re-ranking decides
+(:func:`split_query_counts`); each process counts its own queries and the counts are
+summed across processes.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from engine.amp import autocast, eval_dtype
+from engine.amp import autocast
 from engine.rerank import rerank_fast
 from utils.distributed import all_gather_no_grad, get_rank, get_world_size
 from utils.metrics import concat_stats, per_query_stats, summarize
@@ -32,6 +36,32 @@ class EvalResult:
     metrics: dict[str, float]
     stats: dict[str, torch.Tensor]  # per query: first, ap, inp, valid, top (indices [Q, TOP_KEEP])
     itc_metrics: dict[str, float] | None = None  # the same metrics before re-ranking (None when not re-ranked)
+    rerank_pairs: dict[str, float | int | None] | None = None  # see rerank_pair_summary (None unless top k > 1 re-ranked)
+
+
+def split_query_counts(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """[split queries, ITC right first, ITM right first] (long) from the relevance of each
+    query's top k: ``before[q, j]`` in ITC similarity order, ``after[q, j]`` after re-ranking
+    (the same k images, re-ordered by ITM score).
+
+    A split query has exactly one image of the right person among its top k by ITC; ITC
+    is right on it when that image is first by similarity, the ITM re-ranking when it is
+    first after re-ranking. On these queries re-ranking moves R1 by (ITM - ITC) right firsts
+    (for k = 2 the only queries where it can; deeper, queries with several right images in
+    the top k can also lose or keep their right first).
+    """
+    split = before.sum(1) == 1
+    return torch.stack([split.sum(), (split & before[:, 0]).sum(), (split & after[:, 0]).sum()]).long()
+
+
+def rerank_pair_summary(counts: torch.Tensor, k: int, queries: int) -> dict[str, float | int | None]:
+    """``counts`` of :func:`split_query_counts` (summed over all queries) as a dict: ``k``, ``queries``
+    (evaluated queries), ``split_queries``, ``itc_right_first`` / ``itm_right_first`` (counts) and
+    ``itc_first_rate`` / ``itm_first_rate`` (percent of the split queries; None when there are none)."""
+    split, itc, itm = (int(c) for c in counts.tolist())
+    rate = (lambda n: 100.0 * n / split) if split else (lambda n: None)
+    return {"k": k, "queries": queries, "split_queries": split, "itc_right_first": itc, "itm_right_first": itm,
+            "itc_first_rate": rate(itc), "itm_first_rate": rate(itm)}
 
 
 def shard(n: int, rank: int, world: int) -> range:
@@ -42,10 +72,11 @@ def shard(n: int, rank: int, world: int) -> range:
 
 
 @torch.no_grad()
-def encode_gallery(model, data, batch_size: int, num_workers: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_gallery(model, data, batch_size: int, num_workers: int, device: torch.device,
+                   dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Image embeddings [G, 1+N, D] and global features [G, E] of the whole gallery.
 
-    Embeddings are kept in the evaluation autocast dtype when ``model.eval_amp`` is on
+    Embeddings are kept in the evaluation autocast ``dtype`` when there is one (``model.eval_amp``)
     (half the memory; the fusion encoder casts them to it anyway), in fp32 otherwise. A gallery with fewer images than
     processes cannot give each process a share: every process then encodes all of it.
     """
@@ -53,11 +84,10 @@ def encode_gallery(model, data, batch_size: int, num_workers: int, device: torch
     idx = shard(len(data.gallery), get_rank(), get_world_size()) if shared else range(len(data.gallery))
     loader = DataLoader(Subset(data.gallery, list(idx)), batch_size=batch_size, num_workers=num_workers,
                         shuffle=False, pin_memory=device.type == "cuda")
-    dtype = eval_dtype(model.cfg, device)
     store = dtype or torch.float32
     embeds, feats = [], []
     for images, _ in loader:
-        with autocast(dtype):
+        with autocast(device, dtype):
             e = model.encode_image(images.to(device, non_blocking=True))
             f = model.image_feature(e)
         embeds.append(e.to(store))
@@ -68,7 +98,8 @@ def encode_gallery(model, data, batch_size: int, num_workers: int, device: torch
 
 @torch.no_grad()
 def encode_queries(model, ids: torch.Tensor, mask: torch.Tensor, target: bool, batch_size: int,
-                   device: torch.device) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+                   device: torch.device, dtype: torch.dtype | None = None
+                   ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """(text embeddings, mask) per batch with padding trimmed to the batch's longest caption,
     and the global features of all queries."""
     embeds, feats = [], []
@@ -76,7 +107,7 @@ def encode_queries(model, ids: torch.Tensor, mask: torch.Tensor, target: bool, b
         m = mask[s:s + batch_size]
         length = int(m.sum(1).max()) if len(m) else 1
         i, m = ids[s:s + batch_size, :length].to(device), m[:, :length].to(device)
-        with autocast(eval_dtype(model.cfg, device)):
+        with autocast(device, dtype):
             e = model.encode_text(i, m)
             f = model.text_feature(e, target=target)
         embeds.append((e.float(), m))
@@ -110,15 +141,18 @@ def apply_rerank(order: torch.Tensor, k: int, itm_scores: torch.Tensor) -> torch
 @torch.no_grad()
 def evaluate(model, data, *, target: bool, k_test: int, batch_size: int, num_workers: int = 0,
              device: torch.device = torch.device("cpu"), rerank: bool = True, chunk: int = 256,
-             kv_budget: int | None = None) -> EvalResult:
+             kv_budget: int | None = None, dtype: torch.dtype | None = None, score: str = "logit") -> EvalResult:
     """Rank-1/5/10, mAP and mINP of one language's queries against the gallery.
+
+    ``dtype``: the autocast dtype of evaluation (None: fp32; ``engine.amp.eval_dtype``);
+    ``score``: what orders the re-ranked candidates (``engine.rerank.rerank_score``).
 
     ``chunk`` queries share one similarity block; ``batch_size`` is the encoder batch and
     the number of (caption, image) pairs per re-ranking batch; ``kv_budget`` bounds the
     re-ranker's cached image keys/values in bytes (default: ``engine.rerank.default_kv_budget``).
     """
     model.eval()
-    g_embeds, g_feats = encode_gallery(model, data, batch_size, num_workers, device)
+    g_embeds, g_feats = encode_gallery(model, data, batch_size, num_workers, device, dtype)
     g_pids = data.gallery_pids.to(device)
     q_idx = shard(len(data.query_pids), get_rank(), get_world_size())
     q_ids, q_mask = data.query_ids[q_idx.start:q_idx.stop], data.query_mask[q_idx.start:q_idx.stop]
@@ -127,9 +161,10 @@ def evaluate(model, data, *, target: bool, k_test: int, batch_size: int, num_wor
     starts = range(0, len(q_ids), chunk)
 
     def text(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return pad_batches(encode_queries(model, q_ids[start:stop], q_mask[start:stop], target, batch_size, device)[0])
+        return pad_batches(encode_queries(model, q_ids[start:stop], q_mask[start:stop], target, batch_size, device,
+                                          dtype)[0])
 
-    feats = [encode_queries(model, q_ids[s:s + chunk], q_mask[s:s + chunk], target, batch_size, device)[1]
+    feats = [encode_queries(model, q_ids[s:s + chunk], q_mask[s:s + chunk], target, batch_size, device, dtype)[1]
              for s in starts]
     q_feats = torch.cat(feats) if feats else g_feats.new_zeros(0, g_feats.shape[1])
     scores = None
@@ -137,26 +172,55 @@ def evaluate(model, data, *, target: bool, k_test: int, batch_size: int, num_wor
         topk = [similarity_order(q_feats[s:s + chunk] @ g_feats.t())[:, :k] for s in starts]
         topk = torch.cat(topk) if topk else torch.zeros(0, k, dtype=torch.long, device=device)
         scores = rerank_fast(model, text, topk, g_embeds, chunk=chunk, batch_size=batch_size, device=device,
-                             kv_budget=kv_budget)
+                             kv_budget=kv_budget, dtype=dtype, score=score)
+    parts, itc_parts, split_counts = rank_chunks(q_feats, g_feats, g_pids, q_pids, starts, chunk, k, scores, device)
+    return gather_result(parts, itc_parts, split_counts, scores is not None, k, g_feats.shape[0], device)
+
+
+def rank_chunks(q_feats: torch.Tensor, g_feats: torch.Tensor, g_pids: torch.Tensor, q_pids: torch.Tensor,
+                starts: range, chunk: int, k: int, scores: torch.Tensor | None, device: torch.device
+                ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]], torch.Tensor]:
+    """Pass 3 over the local queries: per chunk, its statistics (on the CPU) after re-ranking and,
+    when re-ranked, before it (ITC), plus the split-query counts (top k > 1 only).
+
+    Each chunk's similarity order is recomputed here so that no Q x G order is ever kept.
+    """
     parts, itc_parts = [], []
+    split_counts = torch.zeros(3, dtype=torch.long, device=device)
     for s in starts:
         order = similarity_order(q_feats[s:s + chunk] @ g_feats.t())
         if scores is not None:
-            itc = per_query_stats(g_pids[order] == q_pids[s:s + chunk, None])
+            itc_matches = g_pids[order] == q_pids[s:s + chunk, None]
+            itc = per_query_stats(itc_matches)
             itc_parts.append({key: itc[key].cpu() for key in ("first", "ap", "inp", "valid")})
             order = apply_rerank(order, k, scores[s:s + chunk])
-        st = per_query_stats(g_pids[order] == q_pids[s:s + chunk, None])
+        matches = g_pids[order] == q_pids[s:s + chunk, None]
+        if scores is not None and k > 1:
+            split_counts += split_query_counts(itc_matches[:, :k], matches[:, :k])
+        st = per_query_stats(matches)
         st["top"] = order[:, :TOP_KEEP]
         parts.append({key: v.cpu() for key, v in st.items()})
+    return parts, itc_parts, split_counts
+
+
+def gather_result(parts: list[dict[str, torch.Tensor]], itc_parts: list[dict[str, torch.Tensor]],
+                  split_counts: torch.Tensor, reranked: bool, k: int, gallery_size: int,
+                  device: torch.device) -> EvalResult:
+    """The statistics of :func:`rank_chunks` gathered from every process and summarized, so each
+    process returns the result of a single-process run (a process without queries adds none)."""
     if parts:
         local = concat_stats(parts)
     else:
         local = {"first": torch.zeros(0, dtype=torch.long), "ap": torch.zeros(0), "inp": torch.zeros(0),
                  "valid": torch.zeros(0, dtype=torch.bool),
-                 "top": torch.zeros(0, min(TOP_KEEP, g_feats.shape[0]), dtype=torch.long)}
+                 "top": torch.zeros(0, min(TOP_KEEP, gallery_size), dtype=torch.long)}
     stats = {key: all_gather_no_grad(v.to(device)).cpu() for key, v in local.items()}
-    itc_metrics = None
-    if scores is not None:  # every process re-ranks or none does (same k), so the gathers match
+    metrics = summarize(stats)
+    itc_metrics = pairs = None
+    if reranked:  # every process re-ranks or none does (same k), so the gathers match
         local_itc = concat_stats(itc_parts) if itc_parts else {key: local[key] for key in ("first", "ap", "inp", "valid")}
         itc_metrics = summarize({key: all_gather_no_grad(v.to(device)).cpu() for key, v in local_itc.items()})
-    return EvalResult(summarize(stats), stats, itc_metrics)
+        if k > 1:  # one row of counts per process, summed
+            counts = all_gather_no_grad(split_counts[None]).sum(0).cpu()
+            pairs = rerank_pair_summary(counts, k, metrics["num_queries"])
+    return EvalResult(metrics, stats, itc_metrics, pairs)

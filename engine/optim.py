@@ -1,4 +1,4 @@
-"""AdamW parameter groups and the per-iteration learning-rate schedule (SPEC §7, upstream's rules)."""
+"""AdamW parameter groups and the per-iteration learning-rate schedule (upstream's rules; docs/fidelity.md)."""
 from __future__ import annotations
 
 import math

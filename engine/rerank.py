@@ -11,7 +11,10 @@ Two implementations with the same scores:
   they are computed once per gallery image and fusion layer and gathered per pair; pairs
   are batched across queries sorted by caption length and trimmed to the longest caption
   of the batch; the first layer's self-attention runs once per caption and the last layer
-  only for token 0 (``BiIRRA.itm_score_pairs``); fp32 unless ``model.eval_amp``.
+  only for token 0 (``BiIRRA.itm_logits_pairs``); fp32 unless ``model.eval_amp``.
+
+Every function takes the evaluation's autocast ``dtype`` (None: fp32) and the ``score``
+that orders the candidates (:func:`rerank_score`, ``model.rerank_score``).
 
 Memory: the cached keys/values take ``layers * 2 * (1 + N) * D * bytes`` per image
 (:func:`kv_bytes_per_image`). The images needed (the union of all candidates) are cached
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from engine.amp import autocast, eval_dtype
+from engine.amp import autocast
 from model.fusion import KV
 
 KV_BUDGET_CAP = 16 * 2**30  # bytes; default cap on the cached image keys/values of one node (CPU) or GPU
@@ -37,9 +40,21 @@ TextSource = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
 """``text(start, stop)`` -> (embeddings [n, L, D], mask [n, L]) of queries start..stop-1."""
 
 
+def rerank_score(logits: torch.Tensor, score: str = "logit") -> torch.Tensor:
+    """Re-ranking score [B] from ITM logits [B, 2] (class 1 = match).
+
+    Upstream ranks by the raw match logit ``logits[:, 1]``; ``model.rerank_score:
+    log_odds`` uses the match minus the non-match logit (the log-odds of a match).
+    """
+    if score == "log_odds":
+        return logits[:, 1] - logits[:, 0]
+    return logits[:, 1]
+
+
 @torch.no_grad()
 def rerank_reference(model, text_embeds: torch.Tensor, text_mask: torch.Tensor, topk: torch.Tensor,
-                     gallery_embeds: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+                     gallery_embeds: torch.Tensor, batch_size: int, device: torch.device, *,
+                     dtype: torch.dtype | None = None, score: str = "logit") -> torch.Tensor:
     """ITM scores [Q, k]: per query, its caption against its k candidates in slices of ``batch_size``.
 
     ``text_embeds`` [Q, L, D] and ``text_mask`` [Q, L] are used as given (upstream pads
@@ -52,15 +67,15 @@ def rerank_reference(model, text_embeds: torch.Tensor, text_mask: torch.Tensor, 
             idx = topk[q, s:s + batch_size]
             n = len(idx)
             images = gallery_embeds[idx.to(gallery_embeds.device)].to(device)
-            with autocast(eval_dtype(model.cfg, device)):
-                out = model.itm_score(e.expand(n, -1, -1), m.expand(n, -1), images)
+            with autocast(device, dtype):
+                out = rerank_score(model.itm_logits(e.expand(n, -1, -1), m.expand(n, -1), images), score)
             scores[q, s:s + n] = out.float()
     return scores
 
 
-def kv_dtype(model, device: torch.device, embeds_dtype: torch.dtype) -> torch.dtype:
+def kv_dtype(dtype: torch.dtype | None, embeds_dtype: torch.dtype) -> torch.dtype:
     """Dtype of the cached keys/values: the evaluation autocast dtype if any, else the embeddings' dtype."""
-    return eval_dtype(model.cfg, device) or embeds_dtype
+    return dtype or embeds_dtype
 
 
 def kv_bytes_per_image(model, tokens: int, dtype: torch.dtype) -> int:
@@ -95,7 +110,7 @@ def default_kv_budget(device: torch.device) -> int:
 
 @torch.no_grad()
 def image_kv_block(model, gallery_embeds: torch.Tensor, ids: torch.Tensor, batch_size: int,
-                   device: torch.device) -> list[KV]:
+                   device: torch.device, dtype: torch.dtype | None = None) -> list[KV]:
     """Cross-attention keys/values [n, heads, 1 + N, head_dim] per fusion layer of images ``ids``.
 
     Written into preallocated tensors so the block's peak memory is the block itself; on
@@ -106,7 +121,7 @@ def image_kv_block(model, gallery_embeds: torch.Tensor, ids: torch.Tensor, batch
     store: list[KV] = []
     for s in range(0, len(ids), batch_size):
         idx = ids[s:s + batch_size]
-        with autocast(eval_dtype(model.cfg, device)):
+        with autocast(device, dtype):
             kv = model.image_kv(gallery_embeds[idx.to(gallery_embeds.device)].to(device))
         if not store:
             store = [(k.new_empty((len(ids), *k.shape[1:])), v.new_empty((len(ids), *v.shape[1:]))) for k, v in kv]
@@ -173,7 +188,8 @@ def cpu_max_tokens(model) -> int:
 
 @torch.no_grad()
 def score_pairs(model, embeds: torch.Tensor, mask: torch.Tensor, pair_query: torch.Tensor, pair_row: torch.Tensor,
-                kv: list[KV], batch_size: int, device: torch.device) -> torch.Tensor:
+                kv: list[KV], batch_size: int, device: torch.device, *, dtype: torch.dtype | None = None,
+                score: str = "logit") -> torch.Tensor:
     """ITM scores [P] of pairs (caption ``pair_query[p]`` of ``embeds``, cached image ``pair_row[p]`` of ``kv``).
 
     Pairs are sorted by caption length (then caption) so a batch needs little padding and
@@ -190,27 +206,28 @@ def score_pairs(model, embeds: torch.Tensor, mask: torch.Tensor, pair_query: tor
         sel = order[s:e]
         texts, pair_text = torch.unique_consecutive(pair_query[sel], return_inverse=True)
         length = pair_len[e - 1]
-        with autocast(eval_dtype(model.cfg, device)):
-            scores = model.itm_score_pairs(embeds[texts, :length], mask[texts, :length], pair_text,
-                                           pair_kv.select(pair_row[sel]))
+        with autocast(device, dtype):
+            scores = rerank_score(model.itm_logits_pairs(embeds[texts, :length], mask[texts, :length], pair_text,
+                                                         pair_kv.select(pair_row[sel])), score)
         out[sel] = scores.float()
     return out
 
 
 def kv_blocks(model, gallery_embeds: torch.Tensor, topk: torch.Tensor, kv_budget: int | None, batch_size: int,
-              device: torch.device) -> Iterator[tuple[torch.Tensor, list[KV]]]:
+              device: torch.device, dtype: torch.dtype | None = None) -> Iterator[tuple[torch.Tensor, list[KV]]]:
     """(gallery ids, their cached keys/values) for every image in ``topk``, in blocks of at
     most ``kv_budget`` bytes (default :func:`default_kv_budget`). Drop each block before
     asking for the next, so that only one is alive."""
-    per_image = kv_bytes_per_image(model, gallery_embeds.shape[1], kv_dtype(model, device, gallery_embeds.dtype))
+    per_image = kv_bytes_per_image(model, gallery_embeds.shape[1], kv_dtype(dtype, gallery_embeds.dtype))
     budget = default_kv_budget(device) if kv_budget is None else kv_budget
     for ids in torch.unique(topk).split(max(1, budget // per_image)):
-        yield ids, image_kv_block(model, gallery_embeds, ids, batch_size, device)
+        yield ids, image_kv_block(model, gallery_embeds, ids, batch_size, device, dtype)
 
 
 @torch.no_grad()
 def score_block(model, text: TextSource, topk: torch.Tensor, ids: torch.Tensor, kv: list[KV], out: torch.Tensor, *,
-                chunk: int, batch_size: int, device: torch.device) -> None:
+                chunk: int, batch_size: int, device: torch.device, dtype: torch.dtype | None = None,
+                score: str = "logit") -> None:
     """Write into ``out[q, j]`` the score of every candidate ``topk[q, j]`` among gallery ``ids`` (whose k/v is ``kv``).
 
     Queries are taken ``chunk`` at a time; a chunk with no candidate in the block is not
@@ -225,12 +242,14 @@ def score_block(model, text: TextSource, topk: torch.Tensor, ids: torch.Tensor, 
             continue
         embeds, mask = text(s, min(s + chunk, topk.shape[0]))
         out[s + pair_query, pair_col] = score_pairs(model, embeds.to(device), mask.to(device), pair_query,
-                                                    rows[pair_query, pair_col], kv, batch_size, device)
+                                                    rows[pair_query, pair_col], kv, batch_size, device,
+                                                    dtype=dtype, score=score)
 
 
 @torch.no_grad()
 def rerank_fast(model, text: TextSource, topk: torch.Tensor, gallery_embeds: torch.Tensor, *, chunk: int,
-                batch_size: int, device: torch.device, kv_budget: int | None = None) -> torch.Tensor:
+                batch_size: int, device: torch.device, kv_budget: int | None = None,
+                dtype: torch.dtype | None = None, score: str = "logit") -> torch.Tensor:
     """ITM scores [Q, k] of each query against its candidates ``topk[q]`` (gallery indices).
 
     Equal to :func:`rerank_reference` up to float rounding. ``text`` delivers the captions
@@ -241,12 +260,13 @@ def rerank_fast(model, text: TextSource, topk: torch.Tensor, gallery_embeds: tor
     topk = topk.to(device)
     scores = torch.empty(topk.shape, device=device)
     if topk.numel():
-        for ids, kv in kv_blocks(model, gallery_embeds, topk, kv_budget, batch_size, device):
-            score_block(model, text, topk, ids, kv, scores, chunk=chunk, batch_size=batch_size, device=device)
+        for ids, kv in kv_blocks(model, gallery_embeds, topk, kv_budget, batch_size, device, dtype):
+            score_block(model, text, topk, ids, kv, scores, chunk=chunk, batch_size=batch_size, device=device,
+                        dtype=dtype, score=score)
             del kv  # free this block before the next one is built
     return scores
 
 
-__all__ = ["KV_BUDGET_CAP", "PairKV", "TextSource", "available_memory", "cpu_max_tokens", "cpu_rows", "default_kv_budget",
-           "image_kv_block", "kv_blocks", "kv_bytes_per_image", "kv_dtype", "pair_batches", "processes_sharing",
-           "rerank_fast", "rerank_reference", "score_block", "score_pairs"]
+__all__ = ["KV_BUDGET_CAP", "PairKV", "TextSource", "rerank_score", "available_memory", "cpu_max_tokens",
+           "cpu_rows", "default_kv_budget", "image_kv_block", "kv_blocks", "kv_bytes_per_image", "kv_dtype",
+           "pair_batches", "processes_sharing", "rerank_fast", "rerank_reference", "score_block", "score_pairs"]

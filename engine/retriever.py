@@ -5,11 +5,11 @@
     for path, score in r.search("a woman in a red coat", top_k=5):
         print(path, score)
 
-Search follows the evaluation protocol (SPEC §8) for one query: the caption is cleaned
+Search follows the evaluation protocol (docs/design.md) for one query: the caption is cleaned
 and tokenized like the training data, ranked against the gallery by cosine similarity,
 and its top ``model.k_test`` images (at most the gallery size) are re-ranked by the ITM
-head. Scores are ITM scores (match minus non-match logit) for re-ranked images and
-cosine similarities for the others.
+head. Scores are re-ranking scores (``model.rerank_score``: the raw match logit by
+default) for re-ranked images and cosine similarities for the others.
 
 Language: any language code (XLM-R reads about 100 languages). Captions in the config's
 target language and in ``data.tl_proj_languages`` go through ``tl_text_proj``; every other
@@ -170,7 +170,7 @@ class Retriever:
                             num_workers=self.cfg.data.num_workers, shuffle=False)
         embeds, feats = [], []
         for images, _ in loader:
-            with autocast(eval_dtype(self.model.cfg, self.device)):
+            with autocast(self.device, eval_dtype(self.cfg, self.device)):
                 e = self.model.encode_image(images.to(self.device))
                 f = self.model.image_feature(e)
             embeds.append(e.float())
@@ -196,7 +196,7 @@ class Retriever:
         length = int(mask.sum())
         ids, mask = ids[:, :length].to(self.device), mask[:, :length].to(self.device)
         g = self.gallery
-        with autocast(eval_dtype(self.model.cfg, self.device)):
+        with autocast(self.device, eval_dtype(self.cfg, self.device)):
             embeds = self.model.encode_text(ids, mask)
             feat = self.model.text_feature(embeds, target=uses_tl_proj(self.cfg, lang))
         sim = (feat.float() @ g.feats.t())[0]
@@ -206,7 +206,8 @@ class Retriever:
         if rerank:
             text_embeds = embeds.float()
             itm = rerank_fast(self.model, lambda start, stop: (text_embeds, mask), order[None, :k], g.embeds,
-                              chunk=1, batch_size=self.cfg.data.test_batch_size, device=self.device)[0]
+                              chunk=1, batch_size=self.cfg.data.test_batch_size, device=self.device,
+                              dtype=eval_dtype(self.cfg, self.device), score=self.cfg.model.rerank_score)[0]
             perm = torch.sort(itm, descending=True, stable=True).indices
             order = torch.cat([order[:k][perm], order[k:]])
             scores = torch.cat([itm[perm], scores[k:]])

@@ -8,9 +8,9 @@ steps), ``best_<lang>.pth`` (weights of the best epoch per language) and
 
 ``Trainer.train`` only sequences the parts, each a short method with one job (as
 OpenCLIP splits ``train_one_epoch`` / ``evaluate``): :meth:`Trainer.train_one_epoch`
-runs the batches, :meth:`Trainer.train_step` one optimizer step, :meth:`Trainer.end_epoch`
-evaluates and writes checkpoints, :meth:`Trainer.save_last` / :meth:`Trainer.resume_from`
-write and read the training state.
+runs the batches, :meth:`Trainer.train_step` one optimizer step (engine.step.TrainStep,
+the step every caller uses), :meth:`Trainer.end_epoch` evaluates and writes checkpoints,
+:meth:`Trainer.save_last` / :meth:`Trainer.resume_from` write and read the training state.
 """
 from __future__ import annotations
 
@@ -24,27 +24,21 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data.annotations import has_split, split_languages
 from data.loader import build_eval_data, build_train_loader
-from engine.amp import autocast, needs_grad_scaler, train_dtype
+from engine.amp import eval_dtype
 from engine.evaluate import EvalResult, evaluate
-from engine.optim import build_optimizer, build_scheduler
 from engine.report import write_reports
-from engine.virtual import VirtualProcesses, seed_step
+from engine.step import build_train_step
 from model import build_model, build_tokenizer, load_finetuned
-from utils.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, atomic_write, get_rng_state, read_checkpoint,
+from utils.checkpoint import (CheckpointError, atomic_write, checkpoint_dict, get_rng_state, read_checkpoint,
                               save_atomic, set_rng_state)
 from utils.config import Config, query_languages, save_config, uses_tl_proj
-from utils.distributed import DistInfo, all_gather_object, all_reduce_mean, barrier, is_dist
+from utils.distributed import DistInfo, all_gather_object, all_reduce_mean, barrier
 from utils.errors import TrainingError
 from utils.logging import JsonlLog, format_table, info
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DDP) else model
 
 
 def languages(cfg: Config) -> list[tuple[str, bool]]:
@@ -74,8 +68,9 @@ def selection_split(cfg: Config) -> str:
 
 
 def evaluate_language(model: nn.Module, cfg: Config, data: Any, target: bool, device: torch.device) -> EvalResult:
-    return evaluate(unwrap(model), data, target=target, k_test=cfg.model.k_test,
-                    batch_size=cfg.data.test_batch_size, num_workers=cfg.data.num_workers, device=device)
+    return evaluate(model, data, target=target, k_test=cfg.model.k_test, batch_size=cfg.data.test_batch_size,
+                    num_workers=cfg.data.num_workers, device=device, dtype=eval_dtype(cfg, device),
+                    score=cfg.model.rerank_score)
 
 
 def evaluate_languages(model: nn.Module, cfg: Config, sets: dict[str, Any], device: torch.device) -> dict[str, EvalResult]:
@@ -84,24 +79,14 @@ def evaluate_languages(model: nn.Module, cfg: Config, sets: dict[str, Any], devi
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def load_model_weights(model: nn.Module, path: str, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load this project's checkpoint into ``model`` (every key must match); return the file."""
     ckpt = read_checkpoint(path) if ckpt is None else ckpt
-    load_finetuned(unwrap(model), path, ckpt)
+    load_finetuned(model, path, ckpt)
     return ckpt
-
-
-def check_finite(losses: dict[str, torch.Tensor]) -> str | None:
-    """Name of the first non-finite loss term on any process, or None."""
-    bad = torch.tensor([0.0 if torch.isfinite(v).all() else 1.0 for v in losses.values()],
-                       device=next(iter(losses.values())).device)
-    if is_dist():
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-    names = [n for n, b in zip(losses, bad.tolist()) if b]
-    return names[0] if names else None
 
 
 def set_deterministic(on: bool) -> None:
@@ -201,17 +186,11 @@ class Trainer:
         return self.test_best(sets, split)
 
     def setup_optimization(self) -> None:
-        """DDP wrapper, optimizer, learning-rate schedule, AMP scaler and a fresh position."""
-        cfg, dev = self.cfg, self.device
-        self.ddp = DDP(self.model, device_ids=[dev.index] if dev.type == "cuda" else None) \
-            if self.dist.distributed else self.model
+        """Objective, optimizer, learning-rate schedule, AMP scaler, the training step (DDP
+        inside) and a fresh position."""
         self.steps_per_epoch = len(self.loader.batch_sampler)
-        self.optimizer = build_optimizer(self.model, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch)
-        self.dtype = dtype = train_dtype(cfg, dev)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(dtype))
-        self.virtual = VirtualProcesses(cfg, self.model, self.ddp, dtype) \
-            if cfg.distributed.virtual_processes > 1 else None
+        self.step = build_train_step(self.cfg, self.model, self.device, self.steps_per_epoch)
+        self.optimizer, self.scheduler, self.scaler = self.step.optimizer, self.step.scheduler, self.step.scaler
         self.pos, self.best, self.skipped = Position(), {}, 0
 
     def train_one_epoch(self, epoch: int, rng: dict[str, torch.Tensor] | None) -> None:
@@ -244,43 +223,22 @@ class Trainer:
         """Forward, backward and optimizer step on one batch, then ``self.pos`` advances; None
         when the step was skipped for a non-finite loss (``schedule.skip_nonfinite``: no
         update, but the schedule and the position advance, and the skip is logged)."""
-        cfg, dev = self.cfg, self.device
-        optimizer, scheduler, scaler = self.optimizer, self.scheduler, self.scaler
-        batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-        optimizer.zero_grad(set_to_none=True)
-        losses, bad = self.forward_backward(batch)
-        if bad is not None:
-            if not cfg.schedule.skip_nonfinite:
-                raise TrainingError(f"non-finite loss '{bad}' at epoch {epoch + 1}, step {self.pos.step} "
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        result = self.step(batch, self.pos.step)
+        if result.bad is not None:
+            if not self.cfg.schedule.skip_nonfinite:
+                raise TrainingError(f"non-finite loss '{result.bad}' at epoch {epoch + 1}, step {self.pos.step} "
                                     "(no weights written for this step; set schedule.skip_nonfinite=true to skip such steps)")
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            self.step.skip()
             self.advance()
             self.skipped += 1
-            self.log.write("skip", step=self.pos.step, epoch=epoch + 1, term=bad)
+            self.log.write("skip", step=self.pos.step, epoch=epoch + 1, term=result.bad)
             return None
-        if cfg.schedule.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.schedule.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
         self.advance()
-        return losses
-
-    def forward_backward(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str | None]:
-        """Accumulate this step's gradients; returns the losses to log and the first non-finite
-        term (None when all are finite; then nothing was back-propagated). Each (step, process)
-        draws from its own seed, so virtual processes and resumed runs draw the same numbers."""
-        if self.virtual is not None:
-            return self.virtual.forward_backward(batch, self.pos.step, self.scaler, check_finite)
-        seed_step(self.cfg.misc.seed, self.pos.step, self.dist.rank)
-        with autocast(self.dtype):
-            losses = self.ddp(batch)
-        bad = check_finite(losses)
-        if bad is None:
-            self.scaler.scale(sum(losses.values())).backward()
-        return losses, bad
+        if result.overflow:  # fp16: the GradScaler skipped this update and lowered its scale
+            self.log.write("skip", step=self.pos.step, epoch=epoch + 1, term="grad_overflow",
+                           scale=self.scaler.get_scale())
+        return result.losses
 
     def advance(self) -> None:
         """One batch and one scheduler iteration done."""
@@ -317,9 +275,8 @@ class Trainer:
         state = model_state(self.model)
         if self.dist.is_main:
             for lang in improved:
-                save_atomic({"format": CHECKPOINT_FORMAT, "model": state, "epoch": epoch + 1, "metrics": metrics[lang],
-                             "split": split, "num_ids": self.num_ids, "config": cfg.to_dict()},
-                            self.out / f"best_{lang}.pth")
+                save_atomic(checkpoint_dict(state, cfg.to_dict(), self.num_ids, epoch=epoch + 1,
+                                            metrics=metrics[lang], split=split), self.out / f"best_{lang}.pth")
         self.save_last(state)
         barrier()
 
@@ -339,12 +296,12 @@ class Trainer:
         rng = all_gather_object(get_rng_state(self.device))
         if not self.dist.is_main:
             return
-        save_atomic({"format": CHECKPOINT_FORMAT, "model": model_state(self.model) if state is None else state,
-                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                     "scaler": self.scaler.state_dict(), "epoch": self.pos.epoch, "batch": self.pos.batch,
-                     "step": self.pos.step, "steps_per_epoch": self.steps_per_epoch, "best": self.best,
-                     "skipped": self.skipped, "rng": rng, "num_ids": self.num_ids, "config": self.cfg.to_dict()},
-                    self.out / "checkpoint_last.pth")
+        save_atomic(checkpoint_dict(
+            model_state(self.model) if state is None else state, self.cfg.to_dict(), self.num_ids,
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(), epoch=self.pos.epoch, batch=self.pos.batch, step=self.pos.step,
+            steps_per_epoch=self.steps_per_epoch, best=self.best, skipped=self.skipped, rng=rng),
+            self.out / "checkpoint_last.pth")
 
     def resume_from(self, path: str) -> dict[str, torch.Tensor] | None:
         """Load the training state of ``path``. This process's generator states are restored

@@ -118,7 +118,7 @@ def _apply_tying(model: BiIRRA, tied: bool) -> None:
 def load_pretrained(model: BiIRRA, path: str) -> LoadReport:
     """Load a CCLM-X2VLM / LUPerson checkpoint (either fusion layout); returns and logs the report."""
     raw = _read(path)
-    start = model.cfg.text_fusion_start_at
+    start = model.arch.text_layers
     renamed: dict[str, torch.Tensor] = {}
     for key, value in raw.items():
         if key.endswith(DERIVED_BUFFERS):

@@ -1,4 +1,4 @@
-"""Loss functions of Bi-IRRA (SPEC §4) that do not need the encoders.
+"""Loss functions of Bi-IRRA that do not need the encoders (formulas: docs/design.md).
 
 Distributed contrastive losses (ITC, SDM), two conventions (``model.gather_with_grad``):
 

@@ -5,6 +5,7 @@ the published 18-layer stack are the fusion layers (model/fusion.py).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 
@@ -27,10 +28,37 @@ def build_tokenizer(folder: str) -> PreTrainedTokenizerBase:
     if not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
         raise ConfigError(f"text_encoder: no tokenizer in {folder} (expected {' or '.join(TOKENIZER_FILES)})")
     try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # a malformed tokenizer.json fails inside transformers
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"text_encoder: cannot load the tokenizer in {folder}: {first}") from None
+    split_on_spaces_only(tokenizer)
+    return tokenizer
+
+
+def split_on_spaces_only(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make the fast XLM-R tokenizer split words where SentencePiece does: at U+0020 only.
+
+    The released code used the SentencePiece-backed tokenizer: its normalizer (the
+    model's precompiled charsmap, which the fast tokenizer applies too) turns the other
+    Unicode spaces into U+0020 or drops them, then only U+0020 separates words. The
+    fast tokenizer's ``WhitespaceSplit`` also splits at any Unicode whitespace the
+    charsmap leaves alone, which for xlm-roberta-base is U+0085 (NEL): ``a`` NEL ``b``
+    became ``a b``, not ``a <unk> b``. Splitting at U+0020 (runs and edge spaces dropped, as SentencePiece's
+    ``remove_extra_whitespaces``) gives the SentencePiece ids on every BMP code point
+    (tests/test_model_text.py ``test_tokenizer_matches_sentencepiece_on_every_bmp_code_point``),
+    at the same speed. Any other pre-tokenizer is left as it is.
+    """
+    import json
+
+    from tokenizers import pre_tokenizers
+
+    pre = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
+    if not isinstance(pre, pre_tokenizers.Sequence):
+        return
+    steps = [step.get("type") for step in json.loads(pre.__getstate__()).get("pretokenizers", [])]
+    if steps == ["WhitespaceSplit", "Metaspace"]:
+        pre[0] = pre_tokenizers.Split(" ", "removed")
 
 
 def load_text_config(folder: str) -> XLMRobertaConfig:
@@ -85,13 +113,15 @@ class TextEncoder(XLMRobertaModel):
                                position_ids=position_ids).last_hidden_state
 
 
-def build_text_encoder(folder: str, num_layers: int, roberta_position_ids: bool = False) -> TextEncoder:
+def build_text_encoder(folder: str, num_layers: int, roberta_position_ids: bool = False,
+                       config: XLMRobertaConfig | None = None) -> TextEncoder:
     """Text encoder with ``num_layers`` layers, initialised from ``folder``'s weights when present.
 
+    ``config``: ``folder``'s config.json when the caller has read it already (it is not changed).
     Hugging Face xlm-roberta-base weights carry ``roberta.`` prefixes and an ``lm_head``;
     only the embeddings and the first ``num_layers`` layers are taken from them.
     """
-    config = load_text_config(folder)
+    config = load_text_config(folder) if config is None else copy.deepcopy(config)
     config.num_hidden_layers = num_layers
     encoder = TextEncoder(config, roberta_position_ids)
     weights = _read_weights(folder)
@@ -111,4 +141,4 @@ def build_text_encoder(folder: str, num_layers: int, roberta_position_ids: bool 
     return encoder
 
 
-__all__ = ["build_tokenizer", "load_text_config", "build_text_encoder", "TextEncoder"]
+__all__ = ["build_tokenizer", "split_on_spaces_only", "load_text_config", "build_text_encoder", "TextEncoder"]

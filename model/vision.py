@@ -16,7 +16,6 @@ import torch.utils.checkpoint
 from torch import nn
 from timm.models.beit import Beit
 
-from utils.config import Config, ConfigError
 
 
 def _uniform(rng: np.random.Generator, a: float, b: float) -> float:
@@ -117,14 +116,4 @@ class BeitV2Encoder(Beit):
         return torch.cat((patches.mean(dim=1, keepdim=True), patches), dim=1)
 
 
-def build_vision_encoder(cfg: Config, use_mask_token: bool) -> BeitV2Encoder:
-    """The vision encoder sized by ``cfg.vision_config`` for ``cfg.experiment.input_resolution``."""
-    sizes = cfg.vision_json()
-    if sizes["patch_size"] != cfg.patch_size:
-        raise ConfigError(f"{cfg.source}: key 'patch_size' is {cfg.patch_size} but {cfg.vision_config} "
-                          f"says patch_size {sizes['patch_size']}; they must agree")
-    h, w = cfg.experiment.input_resolution
-    return BeitV2Encoder(sizes, (h, w), use_mask_token)
-
-
-__all__ = ["BlockMaskGenerator", "BeitV2Encoder", "build_vision_encoder"]
+__all__ = ["BlockMaskGenerator", "BeitV2Encoder"]

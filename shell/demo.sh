@@ -11,12 +11,14 @@
 #   bash shell/demo.sh [OUTDIR=runs/demo] [key.sub=value ...]   (overrides apply to stage 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. shell/venv.sh   # creates or updates .venv from requirements.txt, then activates it
+ensure_venv
 OUT=${1:-runs/demo}
 shift $(( $# > 0 ? 1 : 0 ))
 DATA=runs/synthetic
 PRE=$OUT/pretrain
 start=$(date +%s)
-python -m data.synthetic --out "$DATA" --train-ids 3200 --reuse
+python -m synthetic --out "$DATA" --train-ids 3200 --reuse
 python main.py --config config/demo.yaml model.saved_path="$PRE" model.resume= \
   itm.weight=0 mlm.is_mlm=false mim.use_mim=false schedule.lr=1e-3 schedule.epoch=7 schedule.steps_per_epoch=400 schedule.lr_end=3e-4
 python -m tools.export_cclm --checkpoint "$PRE/checkpoint_last.pth" --out "$PRE/cclm_demo.th"

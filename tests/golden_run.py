@@ -31,7 +31,7 @@ RUNS = {"single": (1, []), "torchrun2": (2, []), "virtual2": (1, ["distributed.v
 
 
 def make_data(out: Path) -> Path:
-    from data.synthetic import generate
+    from synthetic.generate import generate
 
     generate(out, seed=7, train_ids=12, val_ids=2, test_ids=2, images_per_id=2, size=(128, 64), hidden_size=128,
              processes=1)

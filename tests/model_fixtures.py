@@ -1,18 +1,20 @@
-"""Tiny Bi-IRRA builders shared by the model and checkpoint tests (no downloads).
+"""Tiny Bi-IRRA builders (no downloads): text encoder folders, the one tiny config, batches.
 
-Import the fixtures into a test module (``from tests.model_fixtures import tiny_text_dir``)
-so pytest picks them up.
+The fixtures built from them (``tiny_text_dir``, ``base_text_dir``) are in conftest.py.
+``tiny_config_file`` is the one builder of tiny configs (and ``write_vision_json`` the one
+writer of vision JSON files); ``tiny_config`` loads what it writes.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pytest
 import torch
+import yaml
 
-from utils.config import Config, load_config
+from utils.config import Config, apply_override, load_config
 
 SENTENCES = [
     "a man wearing a red shirt and blue jeans walks with a black backpack",
@@ -54,41 +56,89 @@ def tiny_text_sizes(vocab: int) -> dict[str, object]:
             "intermediate_size": 64, "max_position_embeddings": 64}
 
 
-@pytest.fixture(scope="session")
-def tiny_text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tokenizer + tiny XLM-R config.json (no weights)."""
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny_xlmr")
+def write_text_dir(folder: Path, tiny: bool = True) -> Path:
+    """Tokenizer + XLM-R config.json (no weights) in ``folder``: tiny sizes, or xlm-roberta-base's."""
     write_tokenizer(folder)
-    vocab = len(AutoTokenizer.from_pretrained(folder, local_files_only=True))
-    write_text_config(folder, **tiny_text_sizes(vocab))
-    return folder
+    if tiny:
+        from transformers import AutoTokenizer
 
-
-@pytest.fixture(scope="session")
-def base_text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tokenizer + xlm-roberta-base-shaped config.json (no weights)."""
-    folder = tmp_path_factory.mktemp("xlmr_base")
-    write_tokenizer(folder)
-    write_text_config(folder)
+        write_text_config(folder, **tiny_text_sizes(len(AutoTokenizer.from_pretrained(folder, local_files_only=True))))
+    else:
+        write_text_config(folder)
     return folder
 
 
 def write_vision_json(path: Path, width: int = 32, patch: int = 8, depth: int = 2, heads: int = 2) -> Path:
+    """The vision JSON of a tiny BEiT tower (MLP ratio 2, no drop path)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"vision_width": width, "patch_size": patch, "depth": depth, "num_heads": heads,
                                 "mlp_ratio": 2.0, "drop_path_rate": 0.0}))
     return path
 
 
-def tiny_config(text_dir: Path, tmp_path: Path, *overrides: str, resolution: tuple[int, int] = (32, 16),
-                patch: int = 8, width: int = 32) -> Config:
-    """Tiny model config: width 32, 2 heads, 2 vision blocks, 2 text + 2 fusion layers."""
-    vision = write_vision_json(tmp_path / "vision.json", width=width, patch=patch)
-    base = [f"vision_config={vision}", f"patch_size={patch}", f"text_encoder={text_dir}",
-            f"experiment.input_resolution=[{resolution[0]}, {resolution[1]}]", "text_num_hidden_layers=4",
-            "text_fusion_start_at=2", "model.embed_dim=16", "model.resume=", "device=cpu"]
-    return load_config(None, [*base, *overrides])
+# What a config on a synthetic dataset adds to the tiny model: a shallower model (1 vision block
+# unless ``depth`` says otherwise, 1 text + 1 fusion layer) and the settings of a short run of main.py.
+RUN: dict[str, Any] = {
+    "misc": {"seed": 5},
+    "experiment": {"text_length": 24},
+    "schedule": {"lr": 1e-3, "epoch": 2, "epoch_warmup": 1, "lr_start": 1e-4, "lr_end": 1e-4},
+    "model": {"k_test": 4},
+    "itm": {"weight": 1.0},
+    "mim": {"weight": 1.0},
+    "text_num_hidden_layers": 2,
+    "text_fusion_start_at": 1,
+    "log": {"print_period": 1},
+    "data": {"batch_size": 8, "test_batch_size": 16, "num_workers": 0},
+    "distributed": {"backend": "gloo"},
+}
+
+
+def _update(raw: dict[str, Any], sections: dict[str, Any]) -> None:
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
+
+
+def tiny_config_file(source: Path, out: Path, *overrides: str, name: str = "config.yaml",
+                     resolution: tuple[int, int] = (32, 16), patch: int = 8, width: int = 32,
+                     depth: int | None = None, **sections: Any) -> Path:
+    """Write the YAML config of a tiny Bi-IRRA to ``out.parent / f"{out.name}_{name}"``, its vision
+    JSON beside it, and return the YAML's path; ``out`` (``model.saved_path``) is created.
+
+    ``source`` is either a synthetic dataset folder (imgs/, annos/, text_encoder/): a config
+    main.py trains and evaluates on it, with ``RUN``'s settings; or a text encoder folder: the
+    model alone (width 32, 2 heads, ``depth`` 2 vision blocks, 2 text + 2 fusion layers,
+    embedding 16; the rest the defaults). ``sections`` then update the top-level keys (a dict
+    updates that section) and ``overrides`` (``key=value``) apply as on the command line.
+    """
+    dataset = (source / "annos").is_dir()
+    depth = depth if depth is not None else 1 if dataset else 2
+    vision = write_vision_json(out.parent / f"{out.name}_vision.json", width=width, patch=patch, depth=depth)
+    raw: dict[str, Any] = {
+        "device": "cpu", "vision_config": str(vision), "patch_size": patch,
+        "text_encoder": str(source / "text_encoder" if dataset else source),
+        "experiment": {"input_resolution": list(resolution)},
+        "text_num_hidden_layers": 4, "text_fusion_start_at": 2,
+        "model": {"saved_path": str(out), "resume": "", "embed_dim": 16},
+    }
+    if dataset:
+        _update(raw, RUN)
+        raw.update(image_res=resolution[0], anno_dir=str(source / "annos"), image_dir=str(source / "imgs"))
+    _update(raw, sections)
+    for override in overrides:
+        apply_override(raw, override)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f"{out.name}_{name}"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def tiny_config(source: Path, folder: Path, *overrides: str, **options: Any) -> Config:
+    """The loaded config of ``tiny_config_file`` (same arguments), its files written in ``folder``
+    (``model.saved_path`` is ``folder / "run"``)."""
+    return load_config(tiny_config_file(source, folder / "run", *overrides, **options))
 
 
 def make_batch(cfg: Config, tokenizer, pids: list[int], seed: int = 0) -> dict[str, torch.Tensor]:

@@ -13,7 +13,8 @@ import torch
 import yaml
 
 import main as cli
-from tests.engine_fixtures import edit_annos, tiny_config, tiny_data  # noqa: F401
+from tests.engine_fixtures import edit_annos
+from tests.model_fixtures import tiny_config_file
 
 
 class Exploit:
@@ -26,8 +27,8 @@ def case(tiny_data, tmp_path):
     """A private copy of the tiny dataset and a config pointing at it."""
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
-    cfg = tiny_config(data, tmp_path / "out", schedule={"epoch": 1})
-    (tmp_path / "out").rmdir()  # tiny_config makes it; a failed run must not
+    cfg = tiny_config_file(data, tmp_path / "out", schedule={"epoch": 1})
+    (tmp_path / "out").rmdir()  # tiny_config_file makes it; a failed run must not
     return data, cfg, tmp_path / "out"
 
 
@@ -91,8 +92,8 @@ def test_invalid_yaml_and_missing_config(case, capsys, tmp_path):
 
 
 def test_bad_vision_json(case, capsys):
-    data, cfg, out = case
-    (data / "vision.json").write_text('{"vision_widht": 32}')
+    _, cfg, out = case
+    Path(yaml.safe_load(cfg.read_text())["vision_config"]).write_text('{"vision_widht": 32}')
     expect_error(capsys, out, "--config", str(cfg), needle="unknown key 'vision_widht' (did you mean 'vision_width'?)")
 
 

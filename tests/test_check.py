@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 import main as cli
-from tests.engine_fixtures import ROOT, edit_annos, env, tiny_config, tiny_data  # noqa: F401
+from tests.engine_fixtures import ROOT, edit_annos, env
+from tests.model_fixtures import tiny_config_file
 
 PLACEHOLDER_KEYS = ("anno_dir", "image_dir", "text_encoder", "resume")  # the lines marked EDIT
 
@@ -28,6 +29,7 @@ def point_at(text: str, data: Path) -> str:
     return text
 
 
+@pytest.mark.slow
 def test_no_config_argument_checks_config_yaml_of_a_copied_repository(tiny_data, tmp_path):
     """Upstream's `main.py` takes no arguments and reads config/config.yaml: a copy of ours,
     its paths pointed at a small dataset, passes --check from the copy's root."""
@@ -49,7 +51,7 @@ def test_no_config_argument_checks_config_yaml_of_a_copied_repository(tiny_data,
 
 
 def published_config(tmp_path: Path) -> Path:
-    """The published config.yaml (SPEC §2 values; upstream's `device: 5` and output folder)."""
+    """The published config.yaml (published values; upstream's `device: 5` and output folder)."""
     raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     raw = {"device": 5, **{k: v for k, v in raw.items() if k != "device"}}
     raw["model"]["saved_path"] = "ckpts/CUHK-PEDES/"
@@ -90,7 +92,7 @@ def case(tiny_data, tmp_path):
     """A private copy of the tiny dataset and a config pointing at it."""
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
-    return data, tiny_config(data, tmp_path / "out")
+    return data, tiny_config_file(data, tmp_path / "out")
 
 
 def test_good_dataset_passes(case, capsys):

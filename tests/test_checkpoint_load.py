@@ -8,7 +8,7 @@ import torch
 
 from model import BiIRRA
 from model.checkpoint import CheckpointError, load_finetuned, load_pretrained
-from tests.model_fixtures import tiny_config, tiny_text_dir  # noqa: F401 - fixture
+from tests.model_fixtures import tiny_config, tiny_config_file
 from tools.check_checkpoint import main as check_main
 
 FRESH = ("vision_encoder.mask_token", "mim_head.", "tl_text_proj.")
@@ -58,10 +58,10 @@ def write_upstream(model: BiIRRA, path: Path, layout: str, infix: str, wrap: str
     ("text_encoder", "bert.", "model"),
     ("text_encoder", "roberta.", "state_dict"),
 ])
-def test_upstream_layouts_load_exactly(tiny_text_dir, tmp_path, layout, infix, wrap) -> None:  # noqa: F811
+def test_upstream_layouts_load_exactly(tiny_text_dir, tmp_path, layout, infix, wrap) -> None:
     cfg = tiny_config(tiny_text_dir, tmp_path)
-    expected = write_upstream(BiIRRA(cfg), tmp_path / "ckpt.th", layout, infix, wrap)
-    model = BiIRRA(cfg)
+    expected = write_upstream(BiIRRA.from_config(cfg), tmp_path / "ckpt.th", layout, infix, wrap)
+    model = BiIRRA.from_config(cfg)
     report = load_pretrained(model, str(tmp_path / "ckpt.th"))
 
     assert report.unexpected == ["bbox_head.0.bias", "bbox_head.0.weight"]
@@ -80,10 +80,10 @@ def test_upstream_layouts_load_exactly(tiny_text_dir, tmp_path, layout, infix, w
         model.cross_encoder.layer[0].crossattention.self.key.weight.data_ptr()
 
 
-def test_untied_decoder_stays_separate(tiny_text_dir, tmp_path) -> None:  # noqa: F811
+def test_untied_decoder_stays_separate(tiny_text_dir, tmp_path) -> None:
     cfg = tiny_config(tiny_text_dir, tmp_path)
-    expected = write_upstream(BiIRRA(cfg), tmp_path / "ckpt.th", "cross_encoder", "", "model", tied=False)
-    model = BiIRRA(cfg)
+    expected = write_upstream(BiIRRA.from_config(cfg), tmp_path / "ckpt.th", "cross_encoder", "", "model", tied=False)
+    model = BiIRRA.from_config(cfg)
     report = load_pretrained(model, str(tmp_path / "ckpt.th"))
     assert report.mlm_decoder_tied is False
     assert not model.mlm_head.is_tied_to(model.text_encoder.embeddings.word_embeddings)
@@ -94,11 +94,11 @@ def test_untied_decoder_stays_separate(tiny_text_dir, tmp_path) -> None:  # noqa
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # timm's interpolation helper warns about indexing style
-def test_relative_position_tables_resized_per_axis_keep_cls_rows(tiny_text_dir, tmp_path) -> None:  # noqa: F811
+def test_relative_position_tables_resized_per_axis_keep_cls_rows(tiny_text_dir, tmp_path) -> None:
     """A 14x14-grid table loads into a 24x8 grid (e.g. 384x128 at patch 16); cls rows kept."""
     cfg14 = tiny_config(tiny_text_dir, tmp_path, resolution=(112, 112))
-    expected = write_upstream(BiIRRA(cfg14), tmp_path / "ckpt.th", "cross_encoder", "", "model")
-    model = BiIRRA(tiny_config(tiny_text_dir, tmp_path, resolution=(192, 64)))
+    expected = write_upstream(BiIRRA.from_config(cfg14), tmp_path / "ckpt.th", "cross_encoder", "", "model")
+    model = BiIRRA.from_config(tiny_config(tiny_text_dir, tmp_path, resolution=(192, 64)))
     assert model.vision_encoder.grid_size == (24, 8)
     report = load_pretrained(model, str(tmp_path / "ckpt.th"))
     key = "vision_encoder.blocks.0.attn.relative_position_bias_table"
@@ -113,9 +113,9 @@ def test_relative_position_tables_resized_per_axis_keep_cls_rows(tiny_text_dir, 
     assert model.encode_image(images).shape == (1, 1 + 24 * 8, 32)
 
 
-def test_unmappable_shape_is_an_error_naming_the_key(tiny_text_dir, tmp_path) -> None:  # noqa: F811
+def test_unmappable_shape_is_an_error_naming_the_key(tiny_text_dir, tmp_path) -> None:
     cfg = tiny_config(tiny_text_dir, tmp_path)
-    model = BiIRRA(cfg)
+    model = BiIRRA.from_config(cfg)
     write_upstream(model, tmp_path / "ckpt.th", "cross_encoder", "", "model")
     state = torch.load(tmp_path / "ckpt.th", weights_only=True)
     state["model"]["vision_proj.weight"] = torch.randn(8, 32)
@@ -127,40 +127,30 @@ def test_unmappable_shape_is_an_error_naming_the_key(tiny_text_dir, tmp_path) ->
         load_pretrained(model, str(tmp_path / "nope.th"))
 
 
-def test_finetuned_checkpoint_roundtrip(tiny_text_dir, tmp_path) -> None:  # noqa: F811
+def test_finetuned_checkpoint_roundtrip(tiny_text_dir, tmp_path) -> None:
     cfg = tiny_config(tiny_text_dir, tmp_path)
     torch.manual_seed(0)
-    trained = BiIRRA(cfg)
+    trained = BiIRRA.from_config(cfg)
     trained.mlm_head.untie()
     with torch.no_grad():
         trained.mlm_head.predictions.decoder.weight.add_(1.0)
     torch.save({"model": trained.state_dict(), "optimizer": {"state": {}}, "epoch": 2, "config": cfg.to_dict()},
                tmp_path / "best.pth")
-    fresh = BiIRRA(cfg)
+    fresh = BiIRRA.from_config(cfg)
     report = load_finetuned(fresh, str(tmp_path / "best.pth"))
     assert report.missing == [] and report.unexpected == [] and report.mlm_decoder_tied is False
     for key, value in trained.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
-    other = BiIRRA(tiny_config(tiny_text_dir, tmp_path, "mim.use_mim=false"))
+    other = BiIRRA.from_config(tiny_config(tiny_text_dir, tmp_path, "mim.use_mim=false"))
     with pytest.raises(CheckpointError, match="unexpected"):
         load_finetuned(other, str(tmp_path / "best.pth"))
 
 
-def write_yaml(tmp_path: Path, text_dir: Path, resume: str) -> Path:
-    vision = tmp_path / "vision.json"
-    vision.write_text('{"vision_width": 32, "patch_size": 8, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}')
-    path = tmp_path / "cfg.yaml"
-    path.write_text(f"vision_config: {vision}\npatch_size: 8\ntext_encoder: {text_dir}\n"
-                    f"experiment:\n  input_resolution: [32, 16]\ntext_num_hidden_layers: 4\n"
-                    f"text_fusion_start_at: 2\nmodel:\n  resume: {resume}\n")
-    return path
-
-
-def test_check_checkpoint_tool(tiny_text_dir, tmp_path, capsys) -> None:  # noqa: F811
-    cfg_path = write_yaml(tmp_path, tiny_text_dir, str(tmp_path / "ckpt.th"))
+def test_check_checkpoint_tool(tiny_text_dir, tmp_path, capsys) -> None:
+    cfg_path = tiny_config_file(tiny_text_dir, tmp_path / "run", f"model.resume={tmp_path / 'ckpt.th'}")
     from utils.config import load_config
 
-    write_upstream(BiIRRA(load_config(cfg_path)), tmp_path / "ckpt.th", "text_encoder", "", "model")
+    write_upstream(BiIRRA.from_config(load_config(cfg_path)), tmp_path / "ckpt.th", "text_encoder", "", "model")
     assert check_main(["--config", str(cfg_path)]) == 0
     out = capsys.readouterr().out
     assert "unexpected (2): bbox_head.0.bias, bbox_head.0.weight" in out and "total" in out

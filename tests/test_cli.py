@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.engine_fixtures import tiny_data  # noqa: F401
 from utils.config import ConfigError
 from utils.distributed import init_distributed
 
@@ -27,21 +26,25 @@ def assert_one_error_line(r: subprocess.CompletedProcess, needle: str) -> None:
     assert needle in lines[0] and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_mistyped_key_suggests_the_right_one():
     r = run_main("--config", "config/config.yaml", "--check", "data.batchsize=3")
     assert_one_error_line(r, "unknown key 'data.batchsize' (did you mean 'data.batch_size'?)")
 
 
+@pytest.mark.slow
 def test_wrong_type_names_the_key():
     r = run_main("--config", "config/config.yaml", "--check", "schedule.epoch=ten")
     assert_one_error_line(r, "'schedule.epoch' must be an int")
 
 
+@pytest.mark.slow
 def test_missing_annotation_folder_names_the_path(tmp_path):
     r = run_main("--config", "config/config.yaml", "--check", f"anno_dir={tmp_path}/missing")
     assert_one_error_line(r, f"key 'anno_dir': annotation folder not found: {tmp_path}/missing")
 
 
+@pytest.mark.slow
 def test_check_passes_and_prints_resolved_config(tiny_data, tmp_path):
     r = run_main("--config", "config/config.yaml", "--check", f"anno_dir={tiny_data / 'annos'}",
                  f"image_dir={tiny_data / 'imgs'}", f"text_encoder={tiny_data / 'text_encoder'}", "model.resume=",
@@ -50,6 +53,7 @@ def test_check_passes_and_prints_resolved_config(tiny_data, tmp_path):
     assert "batch_size: 7" in r.stdout and r.stdout.rstrip().endswith("config OK: config/config.yaml")
 
 
+@pytest.mark.slow
 def test_without_config_reads_config_yaml_of_the_working_folder(tmp_path):
     """Upstream's command line: `main.py` with no arguments reads config/config.yaml."""
     r = run_main("--check")  # from the repository root: the shipped config, whose paths are placeholders

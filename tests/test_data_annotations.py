@@ -6,7 +6,8 @@ import copy
 import pytest
 
 from data.annotations import DataError, has_split, load_split, person_indices, read_entries
-from tests.data_fixtures import make_config, synthetic_root, write_json  # noqa: F401
+from tests.data_fixtures import write_json
+from tests.model_fixtures import tiny_config
 
 EN = [{"file_path": "a/1.jpg", "id": 7, "captions": ["A man in red.", "He wears red."]},
       {"file_path": "a/2.jpg", "id": 7, "captions": ["A man in a red coat."]},
@@ -19,7 +20,7 @@ CH = [{"file_path": "a/1.jpg", "id": 7, "captions": ["穿红衣服的男人。",
 def _cfg(tmp_path, en, ch):
     write_json(tmp_path / "annos" / "train_reid_en.json", en)
     write_json(tmp_path / "annos" / "train_reid_ch.json", ch)
-    return make_config(tmp_path)
+    return tiny_config(tmp_path, tmp_path)
 
 
 def test_aligned_files_pair_entry_by_entry(tmp_path):
@@ -87,6 +88,6 @@ def test_missing_file_and_has_split(tmp_path):
         load_split(cfg, "val")
 
 
-def test_synthetic_val_split_is_used_when_present(synthetic_root):  # noqa: F811
-    cfg = make_config(synthetic_root)
+def test_synthetic_val_split_is_used_when_present(synthetic_root, tmp_path):
+    cfg = tiny_config(synthetic_root, tmp_path)
     assert has_split(cfg, "val") and len(load_split(cfg, "val")) == 2

@@ -13,8 +13,9 @@ from data.annotations import DataError
 from data.datasets import TrainDataset
 from data.loader import build_eval_data, build_train_loader, collate_train
 from data.text import IGNORE_INDEX, clean_caption, clean_caption_unicode
-from tests.data_fixtures import make_config, synthetic_root, tokenizer  # noqa: F401
+from tests.model_fixtures import tiny_config
 
+DATA = ("experiment.text_length=32", "data.batch_size=4")  # the settings these tests were written for
 KEYS = {"images", "image_mask", "src_ids", "src_mask", "tgt_ids", "tgt_mask", "src_mlm_ids", "src_mlm_labels",
         "tgt_mlm_ids", "tgt_mlm_labels", "pids", "index"}
 
@@ -24,8 +25,8 @@ def _same(a: dict, b: dict) -> bool:
         torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
 
 
-def test_train_item_contents(synthetic_root, tokenizer):  # noqa: F811
-    cfg = make_config(synthetic_root)
+def test_train_item_contents(synthetic_root, tokenizer, tmp_path):
+    cfg = tiny_config(synthetic_root, tmp_path, *DATA)
     ds = TrainDataset(cfg, tokenizer)
     assert len(ds) == 4 * 2 * 2 and ds.num_persons == 4
     item = ds[3]
@@ -38,8 +39,8 @@ def test_train_item_contents(synthetic_root, tokenizer):  # noqa: F811
     assert len(item["src_mlm_ids"]) == len(item["src_mlm_labels"]) == len(item["src_ids"])
 
 
-def test_same_seed_epoch_index_same_sample_other_epoch_differs(synthetic_root, tokenizer):  # noqa: F811
-    cfg = make_config(synthetic_root)
+def test_same_seed_epoch_index_same_sample_other_epoch_differs(synthetic_root, tokenizer, tmp_path):
+    cfg = tiny_config(synthetic_root, tmp_path, *DATA)
     a, b = TrainDataset(cfg, tokenizer), TrainDataset(cfg, tokenizer)
     b[0], b[5]  # consuming other samples first changes nothing
     for i in range(len(a)):
@@ -47,26 +48,26 @@ def test_same_seed_epoch_index_same_sample_other_epoch_differs(synthetic_root, t
     a.set_epoch(1)
     differs = [not torch.equal(a[i]["image"], b[i]["image"]) for i in range(len(a))]
     assert sum(differs) >= len(a) - 1
-    cfg2 = make_config(synthetic_root)
+    cfg2 = tiny_config(synthetic_root, tmp_path, *DATA)
     cfg2.misc.seed = 2
     assert not torch.equal(TrainDataset(cfg2, tokenizer)[0]["image"], b[0]["image"])
 
 
-def _epoch(cfg, tokenizer, epoch, rank=0, world_size=1):  # noqa: F811
+def _epoch(cfg, tokenizer, epoch, rank=0, world_size=1):
     loader = build_train_loader(cfg, tokenizer, rank, world_size)
     loader.batch_sampler.set_epoch(epoch)
     loader.dataset.set_epoch(epoch)
     return list(loader)
 
 
-def test_batches_do_not_depend_on_workers_or_processes(synthetic_root, tokenizer):  # noqa: F811
-    cfg0 = make_config(synthetic_root, num_workers=0)
-    cfg2 = make_config(synthetic_root, num_workers=2)
+def test_batches_do_not_depend_on_workers_or_processes(synthetic_root, tokenizer, tmp_path):
+    cfg0 = tiny_config(synthetic_root, tmp_path, *DATA, "data.num_workers=0")
+    cfg2 = tiny_config(synthetic_root, tmp_path, *DATA, "data.num_workers=2")
     b0, b2 = _epoch(cfg0, tokenizer, 3), _epoch(cfg2, tokenizer, 3)
     assert len(b0) == 16 // 4 and all(_same(x, y) for x, y in zip(b0, b2))
     assert not _same(_epoch(cfg0, tokenizer, 0)[0], b0[0])
     # two processes with batch 2 see exactly the halves of one process's batch 4
-    cfg_half = make_config(synthetic_root, num_workers=0, batch_size=2)
+    cfg_half = tiny_config(synthetic_root, tmp_path, *DATA, "data.num_workers=0", "data.batch_size=2")
     r0, r1 = _epoch(cfg_half, tokenizer, 3, 0, 2), _epoch(cfg_half, tokenizer, 3, 1, 2)
     for full, x, y in zip(b0, r0, r1):
         assert torch.equal(full["index"], torch.cat([x["index"], y["index"]]))
@@ -74,8 +75,8 @@ def test_batches_do_not_depend_on_workers_or_processes(synthetic_root, tokenizer
         assert torch.equal(full["src_mlm_ids"][:2, :x["src_mlm_ids"].shape[1]], x["src_mlm_ids"])
 
 
-def test_collate_keys_padding_and_masks(synthetic_root, tokenizer):  # noqa: F811
-    cfg = make_config(synthetic_root)
+def test_collate_keys_padding_and_masks(synthetic_root, tokenizer, tmp_path):
+    cfg = tiny_config(synthetic_root, tmp_path, *DATA)
     ds = TrainDataset(cfg, tokenizer)
     items = [ds[i] for i in range(5)]
     batch = collate_train(items, pad_id=tokenizer.pad_token_id)
@@ -117,8 +118,8 @@ def test_collate_shares_one_mask_per_group_by_default():
         collate_train(items, groups=4)
 
 
-def test_loader_masks_per_process_batch_virtual_processes_and_per_sample(synthetic_root, tokenizer):  # noqa: F811
-    cfg = make_config(synthetic_root)
+def test_loader_masks_per_process_batch_virtual_processes_and_per_sample(synthetic_root, tokenizer, tmp_path):
+    cfg = tiny_config(synthetic_root, tmp_path, *DATA)
     batches = _epoch(cfg, tokenizer, 0)
     ds = TrainDataset(cfg, tokenizer)
     for b in batches:
@@ -126,7 +127,7 @@ def test_loader_masks_per_process_batch_virtual_processes_and_per_sample(synthet
         assert (b["image_mask"] == first).all()
     assert len({tuple(b["image_mask"][0].tolist()) for b in batches}) > 1  # batches differ
     # one process running two virtual processes of 2 == two processes of 2: one mask per half batch
-    half = make_config(synthetic_root, batch_size=2)
+    half = tiny_config(synthetic_root, tmp_path, *DATA, "data.batch_size=2")
     r0, r1 = _epoch(half, tokenizer, 0, 0, 2), _epoch(half, tokenizer, 0, 1, 2)
     half.distributed.virtual_processes = 2
     virtual = _epoch(half, tokenizer, 0)
@@ -140,8 +141,8 @@ def test_loader_masks_per_process_batch_virtual_processes_and_per_sample(synthet
         assert torch.equal(b["image_mask"], torch.stack([ds[int(i)]["image_mask"] for i in b["index"]]))
 
 
-def test_mlm_off_and_batch_too_large(synthetic_root, tokenizer):  # noqa: F811
-    cfg = make_config(synthetic_root)
+def test_mlm_off_and_batch_too_large(synthetic_root, tokenizer, tmp_path):
+    cfg = tiny_config(synthetic_root, tmp_path, *DATA)
     cfg.mlm.is_mlm = False
     batch = next(iter(build_train_loader(cfg, tokenizer)))
     assert set(batch) == KEYS - {"src_mlm_ids", "src_mlm_labels", "tgt_mlm_ids", "tgt_mlm_labels"}
@@ -151,8 +152,8 @@ def test_mlm_off_and_batch_too_large(synthetic_root, tokenizer):  # noqa: F811
 
 
 @pytest.mark.parametrize("lang", ["en", "ch"])
-def test_eval_data(synthetic_root, tokenizer, lang):  # noqa: F811
-    cfg = make_config(synthetic_root)
+def test_eval_data(synthetic_root, tokenizer, tmp_path, lang):
+    cfg = tiny_config(synthetic_root, tmp_path, *DATA)
     ev = build_eval_data(cfg, "test", lang, tokenizer)
     assert len(ev.gallery) == 6 and ev.gallery_pids.shape == (6,) and len(ev.gallery_paths) == 6
     assert ev.query_pids.shape == (12,) and len(ev.captions) == 12
@@ -170,9 +171,9 @@ def _raw_captions(root, split: str, lang: str) -> list[str]:
     return [c for e in entries for c in e["captions"]]
 
 
-def test_eval_and_train_captions_follow_the_cleaning_option(synthetic_root, tokenizer):  # noqa: F811
+def test_eval_and_train_captions_follow_the_cleaning_option(synthetic_root, tokenizer, tmp_path):
     raw = _raw_captions(synthetic_root, "test", "ch")
-    cfg = make_config(synthetic_root)
+    cfg = tiny_config(synthetic_root, tmp_path, *DATA)
     upstream = build_eval_data(cfg, "test", "ch", tokenizer).captions
     assert upstream == [clean_caption(c, 32) for c in raw] and any("，" in c for c in upstream)
     tgt = _raw_captions(synthetic_root, "train", "ch")[0]
@@ -193,13 +194,13 @@ def _broken_copy(src, dst):
     return dst, Path(name).name
 
 
-def test_bad_image_error_and_skip(synthetic_root, tokenizer, tmp_path, caplog):  # noqa: F811
+def test_bad_image_error_and_skip(synthetic_root, tokenizer, tmp_path, caplog):
     root, name = _broken_copy(synthetic_root, tmp_path / "broken")
-    cfg = make_config(root)
+    cfg = tiny_config(root, tmp_path, *DATA)
     ds = TrainDataset(cfg, tokenizer)
     with pytest.raises(DataError, match=f"cannot read image .*{name}"):
         ds[0]
-    cfg = make_config(root, on_bad_image="skip")
+    cfg = tiny_config(root, tmp_path, *DATA, "data.on_bad_image=skip")
     ds = TrainDataset(cfg, tokenizer)
     with caplog.at_level(logging.WARNING, logger="data.datasets"):
         first, again, other = ds[0], ds[0], ds[1]
@@ -212,17 +213,17 @@ def test_bad_image_error_and_skip(synthetic_root, tokenizer, tmp_path, caplog): 
     assert 0 not in seen.tolist() and 1 not in seen.tolist() and loader.dataset.skipped == 2
 
 
-def test_bad_gallery_image(synthetic_root, tokenizer, tmp_path):  # noqa: F811
+def test_bad_gallery_image(synthetic_root, tokenizer, tmp_path):
     root = tmp_path / "broken"
     shutil.copytree(synthetic_root, root)
     name = json.loads((root / "annos" / "test_reid_en.json").read_text())[3]["file_path"]
     path = root / "imgs" / name
     path.write_bytes(b"")
-    ev = build_eval_data(make_config(root), "test", "en", tokenizer)
+    ev = build_eval_data(tiny_config(root, tmp_path, *DATA), "test", "en", tokenizer)
     i = ev.gallery_paths.index(str(path))
     with pytest.raises(DataError, match=f"cannot read image .*{Path(name).name}"):
         ev.gallery[i]
-    ev = build_eval_data(make_config(root, on_bad_image="skip"), "test", "en", tokenizer)
+    ev = build_eval_data(tiny_config(root, tmp_path, *DATA, "data.on_bad_image=skip"), "test", "en", tokenizer)
     img, idx = ev.gallery[i]
     assert idx == i and not img.any() and ev.gallery.skipped == 1
 

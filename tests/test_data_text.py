@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from data.text import IGNORE_INDEX, clean_caption, clean_caption_unicode, clean_for, has_words, mask_tokens, tokenize
-from tests.data_fixtures import synthetic_root, tokenizer  # noqa: F401
 from utils.config import Config, Mlm
 
 # raw caption -> (upstream pre_caption output, data.unicode_cleaning output)
@@ -85,7 +84,7 @@ def _captions(root):
 
 
 @pytest.mark.parametrize("lang", ["en", "ch", "fr", "de"])
-def test_truncation_by_tokens_keeps_whole_characters(synthetic_root, tokenizer, lang):  # noqa: F811
+def test_truncation_by_tokens_keeps_whole_characters(synthetic_root, tokenizer, lang):
     caps = _captions(synthetic_root)[lang]
     for length in (6, 9, 13):
         ids, mask = tokenize(tokenizer, caps, length)
@@ -102,7 +101,7 @@ def test_truncation_by_tokens_keeps_whole_characters(synthetic_root, tokenizer, 
             assert text and unicodedata.normalize("NFKC", cap).startswith(text), (cap, text)
 
 
-def test_long_chinese_caption_is_truncated_to_text_length(tokenizer):  # noqa: F811
+def test_long_chinese_caption_is_truncated_to_text_length(tokenizer):
     cap = clean_caption("一个身材苗条的男人留着黑色短发，穿着红色条纹T恤，下身穿着蓝色长裤，背着一个黑色双肩包。" * 3)
     ids, mask = tokenize(tokenizer, [cap], 20)
     assert int(mask.sum()) == 20 and ids[0, -1].item() == tokenizer.eos_token_id
@@ -217,14 +216,14 @@ def test_spans_make_masked_tokens_adjacent():
     assert runs[1.0] > 6 and runs[0.0] < 5.5, runs  # spans of 2-3 vs single tokens
 
 
-def _mask_many(tokenizer, caps, mlm, n=3000):  # noqa: F811
+def _mask_many(tokenizer, caps, mlm, n=3000):
     rng = np.random.default_rng(0)
     enc = tokenizer(caps, truncation=True, max_length=40)["input_ids"]
     enc = [enc[i % len(enc)] for i in range(n)]
     return enc, [mask_tokens(ids, rng, mlm, tokenizer) for ids in enc]
 
 
-def test_mlm_masking_statistics(synthetic_root, tokenizer):  # noqa: F811
+def test_mlm_masking_statistics(synthetic_root, tokenizer):
     caps = [c for cs in _captions(synthetic_root).values() for c in cs]
     mlm = Mlm()
     enc, results = _mask_many(tokenizer, caps, mlm)

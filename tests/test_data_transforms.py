@@ -13,13 +13,13 @@ from torchvision.transforms import functional as F
 
 from data.datasets import open_image
 from data.transforms import MEAN, OP_NAMES, STD, TwoRandomOps, build_transforms, to_rgb
-from tests.data_fixtures import make_config
+from tests.model_fixtures import tiny_config
 
 FINISH = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
 def _cfg(tmp_path, h=32, w=16):
-    cfg = make_config(tmp_path)
+    cfg = tiny_config(tmp_path, tmp_path)
     cfg.experiment.input_resolution = [h, w]
     return cfg
 
@@ -169,3 +169,14 @@ def test_image_files_in_odd_modes_load(tmp_path, mode, ext):
     MODES[mode]().save(path)
     img = open_image(str(path), (32, 16))
     assert build_transforms(_cfg(tmp_path), False)(img).shape == (3, 32, 16)
+
+
+def test_sixteen_bit_png_is_rescaled_not_clipped(tmp_path):
+    """A 16-bit PNG opens as ``I;16``; ``to_rgb`` divides by 257 where upstream's ``convert('RGB')`` clips to white."""
+    levels = np.array([[0, 1000, 40000, 65535]], dtype=np.uint16).repeat(2, axis=0)
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(levels).save(path)
+    img = open_image(str(path), (32, 16))
+    assert img.mode == "I;16"
+    assert [to_rgb(img).getpixel((x, 0)) for x in range(4)] == [(0,) * 3, (3,) * 3, (155,) * 3, (255,) * 3]
+    assert [img.convert("RGB").getpixel((x, 0)) for x in range(4)] == [(0,) * 3] + [(255,) * 3] * 3  # upstream

@@ -39,6 +39,7 @@ def test_single_process_uses_the_gpu(monkeypatch):
     assert init_distributed("cuda", "nccl") == DistInfo(0, 0, 1, torch.device("cuda"))
 
 
+@pytest.mark.slow
 def test_two_process_gather_values_and_gradients_repeatedly():
     for attempt in range(3):  # the job must also exit 0 reliably
         r = torchrun(ROOT / "tests" / "dist_scripts" / "gather_check.py")
@@ -46,6 +47,7 @@ def test_two_process_gather_values_and_gradients_repeatedly():
         assert "rank 0 ok" in r.stdout and "rank 1 ok" in r.stdout
 
 
+@pytest.mark.slow
 def test_evaluation_with_fewer_gallery_images_than_processes():
     r = torchrun(ROOT / "tests" / "dist_scripts" / "tiny_gallery.py")
     assert r.returncode == 0, f"rc={r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}"

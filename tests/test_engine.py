@@ -5,7 +5,10 @@ import json
 
 import pytest
 
-from tests.engine_fixtures import load_weights, run_main, tiny_config, tiny_data  # noqa: F401
+from tests.engine_fixtures import load_weights, run_main
+from tests.model_fixtures import tiny_config_file as tiny_config
+
+pytestmark = pytest.mark.slow  # parity_runs: main.py and torchrun in subprocesses
 
 # Parity config: no dropout or drop path anywhere (tiny_data), and ITM weighted 0 because
 # its hard negatives are drawn from each process's local batch, which differs between a

@@ -11,7 +11,7 @@ import engine.eval_memory as eval_memory
 import engine.rerank as rerank
 from engine.rerank import default_kv_budget, kv_blocks, kv_bytes_per_image
 from model.bi_irra import BiIRRA
-from tests.model_fixtures import tiny_config, tiny_text_dir  # noqa: F401 - fixture
+from tests.model_fixtures import tiny_config
 from utils.config import load_config
 
 GiB = 2**30
@@ -83,9 +83,9 @@ def test_check_report_warns_when_it_does_not_fit(big_gallery, monkeypatch):
     assert text.splitlines()[-1] == "warning: this is more than the 8.0 GiB of memory available now"
 
 
-def test_key_value_bytes_and_blocks_are_those_of_the_reranker(tiny_text_dir, tmp_path):  # noqa: F811
+def test_key_value_bytes_and_blocks_are_those_of_the_reranker(tiny_text_dir, tmp_path):
     """The formula's per-image bytes and block count against the re-ranker's real cache."""
-    model = BiIRRA(tiny_config(tiny_text_dir, tmp_path)).eval()
+    model = BiIRRA.from_config(tiny_config(tiny_text_dir, tmp_path)).eval()
     gallery = torch.randn(10, 9, 32)  # 10 images of 1 + 8 tokens, width 32
     per_image = kv_bytes_per_image(model, 9, torch.float32)
     assert per_image == 2 * 2 * 9 * 32 * 4  # 2 fusion layers x (k, v) x tokens x width x fp32

@@ -6,16 +6,16 @@ import torch
 
 from model.bi_irra import BiIRRA
 from model.checkpoint import load_pretrained
-from tests.model_fixtures import tiny_config, tiny_text_dir  # noqa: F401
+from tests.model_fixtures import tiny_config
 from tools.export_cclm import export
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_export_loads_like_the_pretrained_checkpoint(tiny_text_dir, tmp_path):  # noqa: F811
+def test_export_loads_like_the_pretrained_checkpoint(tiny_text_dir, tmp_path):
     cfg = tiny_config(tiny_text_dir, tmp_path)
     torch.manual_seed(0)
-    trained = BiIRRA(cfg)
+    trained = BiIRRA.from_config(cfg)
     with torch.no_grad():
         for p in trained.parameters():
             p.add_(torch.randn_like(p))  # weights no fresh model has
@@ -29,7 +29,7 @@ def test_export_loads_like_the_pretrained_checkpoint(tiny_text_dir, tmp_path):  
     assert not any(k.startswith(("cross_encoder.", "tl_text_proj.", "mim_head.", "vision_encoder.mask_token")) for k in saved)
 
     torch.manual_seed(1)
-    fresh = BiIRRA(cfg)
+    fresh = BiIRRA.from_config(cfg)
     report = load_pretrained(fresh, str(tmp_path / "cclm.th"))
     assert report.unexpected == [] and report.unexpected_missing() == []
     assert report.copied == ["tl_text_proj.weight <- text_proj.weight", "tl_text_proj.bias <- text_proj.bias"]

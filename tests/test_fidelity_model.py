@@ -9,16 +9,17 @@ import torch
 
 from engine.amp import eval_dtype, needs_grad_scaler, train_dtype
 from engine.optim import build_optimizer, build_scheduler, lr_at
-from model import BiIRRA, build_tokenizer
+from engine.rerank import rerank_score
+from model import BiIRRA, BiIRRALoss, build_tokenizer
 from model.checkpoint import load_pretrained
 from model.text import build_text_encoder
-from tests.model_fixtures import make_batch, tiny_config, tiny_text_dir  # noqa: F401 - fixture
+from tests.model_fixtures import make_batch, tiny_config
 
 CUDA = torch.device("cuda")  # a device object only; nothing runs on it
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_text_dir):  # noqa: F811
+def tokenizer(tiny_text_dir):
     return build_tokenizer(str(tiny_text_dir))
 
 
@@ -36,7 +37,7 @@ def right_padded(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     return enc["input_ids"], enc["attention_mask"]
 
 
-def test_text_position_ids_are_arange_and_row_one_trains(tiny_text_dir, tokenizer) -> None:  # noqa: F811
+def test_text_position_ids_are_arange_and_row_one_trains(tiny_text_dir, tokenizer) -> None:
     ids, mask = right_padded(tokenizer)
     enc = build_text_encoder(str(tiny_text_dir), 2)
     assert torch.equal(position_ids_seen(enc, ids, mask), torch.arange(ids.shape[1]).expand(2, -1))
@@ -44,7 +45,7 @@ def test_text_position_ids_are_arange_and_row_one_trains(tiny_text_dir, tokenize
     assert enc.embeddings.position_embeddings.weight.grad[1].abs().sum() > 0  # no frozen padding row
 
 
-def test_roberta_position_ids_option(tiny_text_dir, tokenizer) -> None:  # noqa: F811
+def test_roberta_position_ids_option(tiny_text_dir, tokenizer) -> None:
     ids, mask = right_padded(tokenizer)
     enc = build_text_encoder(str(tiny_text_dir), 2, roberta_position_ids=True)
     expected = (torch.cumsum(mask, dim=1) * mask) + 1  # RoBERTa: tokens from padding_idx + 1 = 2, pads at 1
@@ -53,29 +54,29 @@ def test_roberta_position_ids_option(tiny_text_dir, tokenizer) -> None:  # noqa:
     assert enc.embeddings.position_embeddings.weight.grad[1].abs().sum() == 0
 
 
-def test_model_uses_position_option_in_every_text_pass(tiny_text_dir, tmp_path) -> None:  # noqa: F811
-    assert not BiIRRA(tiny_config(tiny_text_dir, tmp_path)).text_encoder.roberta_position_ids
+def test_model_uses_position_option_in_every_text_pass(tiny_text_dir, tmp_path) -> None:
+    assert not BiIRRA.from_config(tiny_config(tiny_text_dir, tmp_path)).text_encoder.roberta_position_ids
     cfg = tiny_config(tiny_text_dir, tmp_path, "model.roberta_position_ids=true")
-    assert BiIRRA(cfg).text_encoder.roberta_position_ids
+    assert BiIRRA.from_config(cfg).text_encoder.roberta_position_ids
 
 
-def test_target_itm_uses_masked_image_features_and_pairs(tiny_text_dir, tmp_path, tokenizer, monkeypatch) -> None:  # noqa: F811
+def test_target_itm_uses_masked_image_features_and_pairs(tiny_text_dir, tmp_path, tokenizer, monkeypatch) -> None:
     """With itm.use_mask the target ITM draws its negatives from the masked image's features
     and pairs captions with the masked image's keys/values (upstream)."""
     torch.manual_seed(0)
     cfg = tiny_config(tiny_text_dir, tmp_path)
-    model = BiIRRA(cfg).eval()
+    model = BiIRRA.from_config(cfg).eval()
     batch = make_batch(cfg, tokenizer, [0, 1, 2, 3])
     calls = []
-    original = BiIRRA._itm_loss
+    original = BiIRRALoss.itm
 
-    def spy(self, text_embeds, text_mask, image_kv, image_feat, *rest):
+    def spy(self, model, text_embeds, text_mask, image_kv, image_feat, *rest):
         calls.append((image_kv, image_feat))
-        return original(self, text_embeds, text_mask, image_kv, image_feat, *rest)
+        return original(self, model, text_embeds, text_mask, image_kv, image_feat, *rest)
 
-    monkeypatch.setattr(BiIRRA, "_itm_loss", spy)
+    monkeypatch.setattr(BiIRRALoss, "itm", spy)
     with torch.no_grad():
-        model(batch)
+        BiIRRALoss(cfg)(model, batch)
         plain = model.encode_image(batch["images"])
         masked = model.encode_image(batch["images"], batch["image_mask"])
         (src_kv, src_feat), (tgt_kv, tgt_feat) = calls
@@ -90,10 +91,10 @@ def group_of(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict[s
     return {n: where[id(p)] for n, p in model.named_parameters()}
 
 
-def test_optimizer_groups_follow_upstream_names(tiny_text_dir, tmp_path) -> None:  # noqa: F811
+def test_optimizer_groups_follow_upstream_names(tiny_text_dir, tmp_path) -> None:
     cfg = tiny_config(tiny_text_dir, tmp_path, "schedule.ratio_factor=5.0", "schedule.lr=1e-4",
                       "schedule.weight_decay=0.02")
-    model = BiIRRA(cfg)
+    model = BiIRRA.from_config(cfg)
     groups = group_of(build_optimizer(model, cfg), model)
     decay, base, ratio = 0.02, 1e-4, 5e-4
     expected = {
@@ -126,7 +127,7 @@ def upstream_schedule(lr: float, lr_start: float, lr_end: float, epochs: int, wa
 
 
 @pytest.mark.parametrize("warm_epochs", [0, 1, 2])
-def test_learning_rate_equals_upstream_cosine_scheduler(tiny_text_dir, tmp_path, warm_epochs) -> None:  # noqa: F811
+def test_learning_rate_equals_upstream_cosine_scheduler(tiny_text_dir, tmp_path, warm_epochs) -> None:
     cfg = tiny_config(tiny_text_dir, tmp_path, "schedule.lr=5e-5", "schedule.lr_start=1e-6", "schedule.lr_end=5e-6",
                       "schedule.epoch=3", f"schedule.epoch_warmup={warm_epochs}", "schedule.ratio_factor=5.0")
     per_epoch = 7
@@ -135,7 +136,7 @@ def test_learning_rate_equals_upstream_cosine_scheduler(tiny_text_dir, tmp_path,
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
     if warm_epochs:
         assert got[per_epoch * warm_epochs - 1] == pytest.approx(5e-5)  # linspace reaches lr
-    model = BiIRRA(cfg)
+    model = BiIRRA.from_config(cfg)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg.schedule, per_epoch)
     for i in range(3 * per_epoch):
@@ -145,13 +146,13 @@ def test_learning_rate_equals_upstream_cosine_scheduler(tiny_text_dir, tmp_path,
         scheduler.step()
 
 
-def test_tl_text_proj_is_always_copied_from_text_proj(tiny_text_dir, tmp_path) -> None:  # noqa: F811
+def test_tl_text_proj_is_always_copied_from_text_proj(tiny_text_dir, tmp_path) -> None:
     cfg = tiny_config(tiny_text_dir, tmp_path)
-    source = BiIRRA(cfg)
+    source = BiIRRA.from_config(cfg)
     state = {k: v.clone() for k, v in source.state_dict().items()}
     state["tl_text_proj.weight"] = torch.randn_like(state["tl_text_proj.weight"])  # the file's own copy differs
     torch.save({"model": state}, tmp_path / "pretrained.th")
-    model = BiIRRA(cfg)
+    model = BiIRRA.from_config(cfg)
     report = load_pretrained(model, str(tmp_path / "pretrained.th"))
     assert torch.equal(model.tl_text_proj.weight, state["text_proj.weight"])
     assert torch.equal(model.tl_text_proj.bias, state["text_proj.bias"])
@@ -159,17 +160,19 @@ def test_tl_text_proj_is_always_copied_from_text_proj(tiny_text_dir, tmp_path) -
 
 
 @pytest.mark.parametrize("option", ["logit", "log_odds"])
-def test_rerank_score_is_raw_match_logit_or_log_odds(tiny_text_dir, tmp_path, tokenizer, option) -> None:  # noqa: F811
+def test_rerank_score_is_raw_match_logit_or_log_odds(tiny_text_dir, tmp_path, tokenizer, option) -> None:
     torch.manual_seed(0)
-    model = BiIRRA(tiny_config(tiny_text_dir, tmp_path, f"model.rerank_score={option}")).eval()
-    batch = make_batch(model.cfg, tokenizer, [0, 1, 2])
+    cfg = tiny_config(tiny_text_dir, tmp_path, f"model.rerank_score={option}")
+    model = BiIRRA.from_config(cfg).eval()
+    batch = make_batch(cfg, tokenizer, [0, 1, 2])
     with torch.no_grad():
         text = model.encode_text(batch["src_ids"], batch["src_mask"])
         image = model.encode_image(batch["images"])
         logits = model.itm_logits(text, batch["src_mask"], image)
-        score = model.itm_score(text, batch["src_mask"], image)
+        score = rerank_score(logits, cfg.model.rerank_score)
         kv = model.image_kv(image)
-        pairs = model.itm_score_pairs(text, batch["src_mask"], torch.arange(3), lambda i: kv[i])
+        pairs = rerank_score(model.itm_logits_pairs(text, batch["src_mask"], torch.arange(3), lambda i: kv[i]),
+                             cfg.model.rerank_score)
     expected = logits[:, 1] if option == "logit" else logits[:, 1] - logits[:, 0]
     torch.testing.assert_close(score, expected)
     torch.testing.assert_close(pairs, expected, atol=1e-5, rtol=1e-5)
@@ -183,14 +186,14 @@ def test_rerank_score_is_raw_match_logit_or_log_odds(tiny_text_dir, tmp_path, to
     ("fp16", True, torch.float16, torch.float16, True),
     ("bf16", True, torch.bfloat16, torch.bfloat16, False),
 ])
-def test_precision_options(tiny_text_dir, tmp_path, amp, eval_amp, train, evaluation, scaler) -> None:  # noqa: F811
+def test_precision_options(tiny_text_dir, tmp_path, amp, eval_amp, train, evaluation, scaler) -> None:
     cfg = tiny_config(tiny_text_dir, tmp_path, f"schedule.amp={amp}", f"model.eval_amp={str(eval_amp).lower()}")
     assert train_dtype(cfg, CUDA) is train and eval_dtype(cfg, CUDA) is evaluation
     assert needs_grad_scaler(train_dtype(cfg, CUDA)) is scaler
     assert train_dtype(cfg, torch.device("cpu")) is None and eval_dtype(cfg, torch.device("cpu")) is None
 
 
-def test_published_defaults_are_upstream(tiny_text_dir, tmp_path) -> None:  # noqa: F811
+def test_published_defaults_are_upstream(tiny_text_dir, tmp_path) -> None:
     m, cfg = tiny_config(tiny_text_dir, tmp_path).model, tiny_config(tiny_text_dir, tmp_path)
     assert (cfg.schedule.amp, m.eval_amp, m.rerank_score, m.gather_with_grad, m.roberta_position_ids) == \
         ("fp16", False, "logit", False, False)

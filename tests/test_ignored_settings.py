@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-import utils.config as config
+import utils.config.report as config_report
 from utils.config import ConfigError, load_config, load_vision_json
 
 
 @pytest.fixture(autouse=True)
 def fresh_notes(monkeypatch):
-    monkeypatch.setattr(config, "_NOTED", set())
+    monkeypatch.setattr(config_report, "_NOTED", set())
     monkeypatch.delenv("RANK", raising=False)
 
 
@@ -55,7 +55,7 @@ def test_distributed_url_other_than_env_is_reported_once(capsys, monkeypatch):
         load_config("config/config.yaml", ["distributed.url=tcp://10.0.0.1:23456"])
     assert capsys.readouterr().err == ("warning: config/config.yaml: key 'distributed.url' ('tcp://10.0.0.1:23456') "
                                        "is ignored: processes join through torchrun's environment variables (env://)\n")
-    monkeypatch.setattr(config, "_NOTED", set())
+    monkeypatch.setattr(config_report, "_NOTED", set())
     monkeypatch.setenv("RANK", "1")  # other processes of a torchrun job stay quiet
     load_config("config/config.yaml", ["distributed.url=tcp://10.0.0.1:23456"])
     assert capsys.readouterr().err == ""
@@ -82,4 +82,4 @@ def test_vision_json_ckpt_is_reported_once_and_image_res_must_agree(tmp_path, ca
 def test_the_model_reads_the_vision_json_against_the_input(tmp_path):
     cfg = load_config("config/config.yaml", [f"vision_config={vision(tmp_path, image_res=384)}"])
     with pytest.raises(ConfigError, match="key 'image_res' is 384"):
-        cfg.vision_json()  # what build_vision_encoder and BiIRRA read
+        cfg.vision_json()  # what model.architecture.resolve_architecture reads

@@ -10,7 +10,8 @@ import pytest
 import engine.train as train
 from data.annotations import split_languages
 from engine.train import final_checkpoint, languages
-from tests.engine_fixtures import run_main, tiny_config, tiny_data  # noqa: F401
+from tests.engine_fixtures import run_main
+from tests.model_fixtures import tiny_config_file
 from utils.config import load_config
 from utils.logging import read_jsonl
 
@@ -55,13 +56,14 @@ def four_language_run(tiny_data, tmp_path_factory):
     """One epoch on en+ch; fr (text_proj) and de (tl_text_proj) evaluated zero-shot."""
     root = tmp_path_factory.mktemp("languages")
     out = root / "run"
-    cfg = tiny_config(tiny_data, out, schedule={"epoch": 1},
-                      data={"eval_languages": ["fr", "de"], "tl_proj_languages": ["de"]})
+    cfg = tiny_config_file(tiny_data, out, schedule={"epoch": 1},
+                           data={"eval_languages": ["fr", "de"], "tl_proj_languages": ["de"]})
     r = run_main("--config", str(cfg))
     assert r.returncode == 0, r.stderr[-3000:]
     return root, out
 
 
+@pytest.mark.slow
 def test_training_evaluates_every_language(four_language_run):
     _, out = four_language_run
     metrics = json.loads((out / "metrics.json").read_text())
@@ -86,6 +88,7 @@ def test_training_evaluates_every_language(four_language_run):
     assert all(f"## {lang}" in report for lang in metrics)
 
 
+@pytest.mark.slow
 def test_eval_only_on_four_languages(four_language_run):
     """`main.py --eval-only --resume best_en.pth data.eval_languages=[en,ch,fr,de]`: after one
     epoch every best checkpoint holds the same weights, so each language's metrics equal the

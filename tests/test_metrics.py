@@ -1,4 +1,4 @@
-"""Metrics against brute-force implementations of the definitions (SPEC §8)."""
+"""Metrics against brute-force implementations of the definitions (docs/design.md, evaluation)."""
 from __future__ import annotations
 
 import torch

@@ -6,7 +6,6 @@ import torch
 
 from model import build_model
 from model.vision import BeitV2Encoder
-from tests.model_fixtures import base_text_dir  # noqa: F401 - fixture
 from utils.config import load_config
 
 D, FF, VOCAB = 768, 3072, 250002
@@ -32,7 +31,7 @@ def beit_block(grid: tuple[int, int]) -> int:
 
 
 @pytest.fixture(scope="module")
-def full_model(base_text_dir):  # noqa: F811
+def full_model(base_text_dir):
     torch.manual_seed(0)
     cfg = load_config("config/config.yaml", [f"text_encoder={base_text_dir}", "model.resume=", "device=cpu"])
     model, _ = build_model(cfg)

@@ -9,7 +9,7 @@ from transformers import XLMRobertaConfig
 
 from model.bi_irra import BiIRRA
 from model.fusion import FusionEncoder
-from tests.model_fixtures import tiny_config, tiny_text_dir  # noqa: F401 - fixture
+from tests.model_fixtures import tiny_config
 
 CONFIG = XLMRobertaConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64, layer_norm_eps=1e-5)
 
@@ -121,21 +121,21 @@ def test_precomputed_cross_kv_equals_the_plain_reference() -> None:
         enc(x, mask, context=ctx, cross_kv=enc.cross_kv(ctx))
 
 
-def test_itm_score_with_image_kv_is_identical(tiny_text_dir, tmp_path) -> None:  # noqa: F811
+def test_itm_logits_with_image_kv_are_identical(tiny_text_dir, tmp_path) -> None:
     torch.manual_seed(0)
-    model = BiIRRA(tiny_config(tiny_text_dir, tmp_path)).eval()
+    model = BiIRRA.from_config(tiny_config(tiny_text_dir, tmp_path)).eval()
     with torch.no_grad():
         image = model.encode_image(torch.randn(2, 3, 32, 16))
         ids = torch.tensor([[0, 5, 9, 7, 2], [0, 8, 2, 1, 1]])
         mask = (ids != 1).long()
         text = model.encode_text(ids, mask)
-        direct = model.itm_score(text, mask, image_embeds=image)
+        direct = model.itm_logits(text, mask, image_embeds=image)
         kv = model.image_kv(image)
-        cached = model.itm_score(text, mask, image_kv=kv)
+        cached = model.itm_logits(text, mask, image_kv=kv)
         # one image's cached k/v reused for both captions (re-ranking pattern)
-        one = model.itm_score(text, mask, image_kv=[(k[:1].expand(2, -1, -1, -1), v[:1].expand(2, -1, -1, -1))
+        one = model.itm_logits(text, mask, image_kv=[(k[:1].expand(2, -1, -1, -1), v[:1].expand(2, -1, -1, -1))
                                                     for k, v in kv])
-        one_direct = model.itm_score(text, mask, image_embeds=image[:1].expand(2, -1, -1))
-    assert direct.shape == (2,)
+        one_direct = model.itm_logits(text, mask, image_embeds=image[:1].expand(2, -1, -1))
+    assert direct.shape == (2, 2)
     assert torch.equal(direct, cached)
     torch.testing.assert_close(one, one_direct, atol=0, rtol=0)

@@ -114,6 +114,7 @@ def _worker(rank: int, world: int, port: int, img: torch.Tensor, txt: torch.Tens
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_grad", [False, True], ids=["upstream-local-slice", "gather_with_grad"])
 def test_two_process_itc_against_single_process_on_concatenated_batch(with_grad: bool) -> None:
     """Upstream (default): each process computes the global loss and keeps only the local

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.vision import BeitV2Encoder, BlockMaskGenerator, build_vision_encoder
-from tests.model_fixtures import tiny_config, tiny_text_dir  # noqa: F401 - fixture
+from model.architecture import resolve_architecture
+from model.vision import BeitV2Encoder, BlockMaskGenerator
+from tests.model_fixtures import tiny_config
 from utils.config import ConfigError
 
 SIZES = {"vision_width": 32, "patch_size": 8, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0, "drop_path_rate": 0.0,
@@ -135,7 +136,7 @@ def test_masked_forward_needs_mask_token() -> None:
         enc(torch.randn(1, 3, 32, 16), torch.ones(1, 8, dtype=torch.bool))
 
 
-def test_patch_size_must_match_vision_json(tiny_text_dir, tmp_path) -> None:  # noqa: F811
+def test_patch_size_must_match_vision_json(tiny_text_dir, tmp_path) -> None:
     cfg = tiny_config(tiny_text_dir, tmp_path, "patch_size=16", resolution=(32, 16))
     with pytest.raises(ConfigError, match="patch_size"):
-        build_vision_encoder(cfg, use_mask_token=False)
+        resolve_architecture(cfg)

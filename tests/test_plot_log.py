@@ -9,7 +9,6 @@ import pytest
 from tools import plot_log
 from tests.image_checks import BLACK, CYCLE, PURPLE, assert_series_drawn, auto_limits, axes_boxes, colour_count, \
     inside, pixels
-from tests.retrieval_fixtures import trained_run  # noqa: F401
 
 SIZE = (int(plot_log.FIGSIZE[0] * plot_log.DPI), int(plot_log.FIGSIZE[1] * plot_log.DPI))
 
@@ -76,6 +75,7 @@ def assert_plot_shows(png, records: list[dict]) -> None:
     assert_series_drawn(img, r1_box, series, auto_limits(list(evals)), auto_limits(r1))
 
 
+@pytest.mark.slow
 def test_plots_a_training_run(trained_run, tmp_path, capsys):
     out = tmp_path / "curves.png"
     plot_log.main([str(trained_run.run), "--out", str(out)])

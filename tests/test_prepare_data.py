@@ -106,6 +106,7 @@ def test_translation_mismatch_is_one_line_error(tmp_path, capsys, change, expect
     assert expected in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_bad_raw_file_and_help(tmp_path, capsys):
     raw = write_json(tmp_path / "raw.json", [{"split": "dev", "id": 1, "file_path": "a.jpg", "captions": ["x"]}])
     assert main(["--raw", str(raw), "--out", str(tmp_path / "annos")]) == 1

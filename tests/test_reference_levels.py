@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from data.synthetic import attribute_ceiling, colour_reader, image_plans, sample_identities, visible_colours
-from data.synthetic_captions import Identity, Plan, mentioned_facets
 from engine.evaluate import EvalResult
-from engine.report import chance_levels, markdown, read_levels
-from tests.data_fixtures import synthetic_root  # noqa: F401
-from tests.model_fixtures import tiny_text_dir  # noqa: F401
+from engine.reference_levels import chance_levels, read_levels
+from engine.report import markdown
+from synthetic.captions import Identity, Plan, image_plans, mentioned_facets
+from synthetic.generate import sample_identities
+from synthetic.reference import attribute_ceiling, colour_reader, visible_colours
 from utils.metrics import per_query_stats, summarize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,7 +107,7 @@ def test_colour_reader_counts_repeated_colours():
     assert 50.0 < want < 100.0 and 0.5 in hits[:6] and 1.0 in hits[:6]  # both cases occur for person 1
 
 
-def test_generated_dataset_has_the_reference_file(synthetic_root):  # noqa: F811
+def test_generated_dataset_has_the_reference_file(synthetic_root):
     levels = read_levels(synthetic_root / "annos", "test")
     assert set(levels) == {"colours_only", "ceiling"}
     assert set(levels["ceiling"]) == {"R1", "R5", "R10", "mAP", "mINP"}
@@ -144,7 +144,7 @@ def test_report_shows_chance_references_itc_only_and_reranked():
     assert "| 50.00 | 100.00 | 100.00 | 75.00 | 75.00 |" in rows["model, re-ranked (ITM)"]
 
 
-def test_evaluate_returns_the_itc_only_metrics_of_the_same_run(tiny_text_dir, tmp_path):  # noqa: F811
+def test_evaluate_returns_the_itc_only_metrics_of_the_same_run(tiny_text_dir, tmp_path):
     from engine.evaluate import evaluate
     from tests.test_rerank import fake_data, tiny_model
 

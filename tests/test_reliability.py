@@ -12,11 +12,13 @@ import pytest
 import torch
 
 import main as cli
-from model.bi_irra import BiIRRA
-from tests.engine_fixtures import ROOT, env, tiny_config, tiny_data  # noqa: F401
+from model.objective import BiIRRALoss
+from tests.engine_fixtures import ROOT, env
+from tests.model_fixtures import tiny_config_file
 from utils.checkpoint import load_safe, save_atomic
 
 
+@pytest.mark.slow
 def test_kill_during_checkpoint_write_keeps_previous_loadable(tmp_path):
     path = tmp_path / "ckpt.pth"
     save_atomic({"version": 0, "weights": torch.zeros(4_000_000)}, path)
@@ -32,21 +34,22 @@ def test_kill_during_checkpoint_write_keeps_previous_loadable(tmp_path):
 
 
 def nan_on_call(n: int):
-    original = BiIRRA.forward
+    """The objective, with its ``n``-th call's MLM term made NaN."""
+    original = BiIRRALoss.__call__
     calls = {"n": 0}
 
-    def forward(self, batch):
-        losses = original(self, batch)
+    def objective(self, model, batch, *args, **kwargs):
+        losses = original(self, model, batch, *args, **kwargs)
         calls["n"] += 1
         if calls["n"] == n:
             losses["mlm"] = losses["mlm"] * float("nan")
         return losses
-    return forward
+    return objective
 
 
 def test_nonfinite_loss_stops_the_run_without_writing_weights(tiny_data, tmp_path, monkeypatch, capsys):
-    cfg = tiny_config(tiny_data, tmp_path / "out", schedule={"epoch": 1})
-    monkeypatch.setattr(BiIRRA, "forward", nan_on_call(2))
+    cfg = tiny_config_file(tiny_data, tmp_path / "out", schedule={"epoch": 1})
+    monkeypatch.setattr(BiIRRALoss, "__call__", nan_on_call(2))
     rc = cli.main(["--config", str(cfg)])
     err = capsys.readouterr().err
     assert rc == 1
@@ -55,8 +58,8 @@ def test_nonfinite_loss_stops_the_run_without_writing_weights(tiny_data, tmp_pat
 
 
 def test_nonfinite_loss_is_skipped_and_counted_when_asked(tiny_data, tmp_path, monkeypatch, capsys):
-    cfg = tiny_config(tiny_data, tmp_path / "out", schedule={"epoch": 1, "skip_nonfinite": True})
-    monkeypatch.setattr(BiIRRA, "forward", nan_on_call(2))
+    cfg = tiny_config_file(tiny_data, tmp_path / "out", schedule={"epoch": 1, "skip_nonfinite": True})
+    monkeypatch.setattr(BiIRRALoss, "__call__", nan_on_call(2))
     rc = cli.main(["--config", str(cfg)])
     err = capsys.readouterr().err
     assert rc == 0, err[-2000:]
@@ -67,6 +70,7 @@ def test_nonfinite_loss_is_skipped_and_counted_when_asked(tiny_data, tmp_path, m
     assert len(skips) == 1 and skips[0]["term"] == "mlm"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("survivor", ["collective", "compute"])
 def test_dead_worker_ends_the_whole_job(survivor):
     """Rank 1 is SIGKILLed while rank 0 waits in a collective (whose timeout, an hour, is far

@@ -13,11 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import report
+from engine import figures, report
 from engine.evaluate import EvalResult
 from engine.report import write_reports
 from tests.image_checks import CYCLE, assert_series_drawn, axes_boxes, pixels
-from tests.retrieval_fixtures import trained_run  # noqa: F401
 from utils.metrics import per_query_stats, summarize
 
 CAPTIONS = {"en": "a man in a red shirt", "ch": "一个穿红色衬衫的男人"}
@@ -85,7 +84,7 @@ def assert_cmc_png(path: Path, curves: dict[str, list[float]]) -> None:
 
 
 def cell_origin(row_y: int, j: int) -> tuple[int, int]:
-    return report.PAD + report.TEXT_W + j * (report.CELL_W + report.GAP), row_y
+    return figures.PAD + figures.TEXT_W + j * (figures.CELL_W + figures.GAP), row_y
 
 
 def assert_examples_png(path: Path, marks: dict[str, list[list[bool]]],
@@ -94,20 +93,20 @@ def assert_examples_png(path: Path, marks: dict[str, list[list[bool]]],
     when the same person and red otherwise, and (when ``shown`` gives the gallery files)
     shows that file's colour in its middle."""
     img = pixels(path)
-    assert img.shape[:2] == (report.examples_height([len(m) for m in marks.values()]), report.EXAMPLES_W)
-    y = report.PAD
+    assert img.shape[:2] == (figures.examples_height([len(m) for m in marks.values()]), figures.EXAMPLES_W)
+    y = figures.PAD
     for lang, rows in marks.items():
-        y += report.HEADER_H
+        y += figures.HEADER_H
         for r, row in enumerate(rows):
             for j, same in enumerate(row):
                 x, top = cell_origin(y, j)
-                assert tuple(img[top + 1, x + 1]) == (report.GREEN if same else report.RED), (lang, r, j)
+                assert tuple(img[top + 1, x + 1]) == (figures.GREEN if same else figures.RED), (lang, r, j)
                 if shown is not None:
                     with Image.open(shown[lang][r][j]) as im:
                         want = im.convert("RGB").getpixel((0, 0))
-                    middle = img[top + report.BORDER + report.THUMB_H // 2, x + report.BORDER + report.THUMB_W // 2]
+                    middle = img[top + figures.BORDER + figures.THUMB_H // 2, x + figures.BORDER + figures.THUMB_W // 2]
                     assert tuple(middle) == want, (lang, r, j)
-            y += report.CELL_H + report.GAP
+            y += figures.CELL_H + figures.GAP
 
 
 def report_tables(text: str) -> dict[str, dict[str, str]]:
@@ -131,6 +130,7 @@ def assert_numbers_equal(report_md: str, metrics: dict) -> None:
             assert float(tables[lang][key]) == pytest.approx(value, abs=0.005), (lang, key)
 
 
+@pytest.mark.slow
 def test_report_of_a_training_run_matches_its_metrics_json(trained_run):
     run = trained_run.run
     metrics = json.loads((run / "metrics.json").read_text())
@@ -162,30 +162,51 @@ def test_files_and_their_content(tmp_path):
     assert_cmc_png(out / "cmc.png", want)
     marks, shown = {}, {}
     for lang, r in results.items():
-        top = [r.stats["top"][q, :report.EXAMPLES_TOP].tolist() for _, q in report.pick_examples(r.stats)]
+        top = [r.stats["top"][q, :figures.EXAMPLES_TOP].tolist() for _, q in figures.pick_examples(r.stats)]
         marks[lang] = [[bool(sets[lang].gallery_pids[g] == sets[lang].query_pids[q]) for g in row]
-                       for row, (_, q) in zip(top, report.pick_examples(r.stats))]
+                       for row, (_, q) in zip(top, figures.pick_examples(r.stats))]
         shown[lang] = [[sets[lang].gallery_paths[g] for g in row] for row in top]
     assert report_examples(text) == marks
     assert_examples_png(out / "examples.png", marks, shown)
 
 
+def test_rerank_pairs_table_per_language():
+    stats = {"first": torch.tensor([1]), "ap": torch.tensor([1.0]), "inp": torch.tensor([1.0]),
+             "valid": torch.tensor([True]), "top": torch.tensor([[0, 1]])}
+    data = SimpleNamespace(gallery_pids=torch.tensor([0, 1]), query_pids=torch.tensor([0]), captions=["a"],
+                           gallery_paths=["g/0.png", "g/1.png"])
+    m = summarize(stats)
+    results = {"en": EvalResult(m, stats, m, {"k": 2, "queries": 300, "split_queries": 37, "itc_right_first": 20,
+                                              "itm_right_first": 22, "itc_first_rate": 100 * 20 / 37,
+                                              "itm_first_rate": 100 * 22 / 37}),
+               "ch": EvalResult(m, stats, m, {"k": 2, "queries": 300, "split_queries": 0, "itc_right_first": 0,
+                                              "itm_right_first": 0, "itc_first_rate": None, "itm_first_rate": None}),
+               "de": EvalResult(m, stats)}  # not re-ranked: no row
+    text = report.markdown(results, {lang: data for lang in results}, "test")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "right first" not in line
+            and line.count("|") == 6]
+    assert rows == ["| en | 2 | 37 of 300 | 20 (54.05%) | 22 (59.46%) |", "| ch | 2 | 0 of 300 | - | - |"]
+    assert text.index("| language | top k | split queries |") < text.index("\n## en")  # before the sections
+    assert "(with k = 2, the only queries it can change)" in text
+    assert "split queries" not in report.markdown({"de": results["de"]}, {"de": data}, "test")
+
+
 def test_examples_are_the_best_then_the_worst_queries():
     stats = {"ap": torch.tensor([0.5, 1.0, 0.1, 0.9, 0.0, 0.3]), "valid": torch.tensor([True] * 5 + [False])}
-    assert report.pick_examples(stats) == [("best", 1), ("best", 3), ("worst", 4), ("worst", 2)]
+    assert figures.pick_examples(stats) == [("best", 1), ("best", 3), ("worst", 4), ("worst", 2)]
     few = {"ap": torch.tensor([0.2, 0.7]), "valid": torch.tensor([True, True])}
-    assert report.pick_examples(few) == [("best", 1), ("best", 0)]
+    assert figures.pick_examples(few) == [("best", 1), ("best", 0)]
 
 
 def test_chinese_caption_without_a_cjk_font_shows_the_aligned_english_one(tmp_path, monkeypatch):
     results, sets = fake_eval(tmp_path / "imgs", ids=3, per_id=2, captions_per_image=1)
-    monkeypatch.setattr(report, "cjk_font_path", lambda: None)
-    shown = report.shown_caption("ch", 4, sets)
+    monkeypatch.setattr(figures, "cjk_font_path", lambda: None)
+    shown = figures.shown_caption("ch", 4, sets)
     assert shown.startswith("[en caption of this query") and shown.endswith(sets["en"].captions[4])
-    assert report.shown_caption("en", 4, sets) == sets["en"].captions[4]
+    assert figures.shown_caption("en", 4, sets) == sets["en"].captions[4]
     sets["en"].query_pids = sets["en"].query_pids.flip(0)  # not aligned any more: the caption itself, drawn with ?
-    assert report.shown_caption("ch", 4, sets) == sets["ch"].captions[4]
-    text, _ = report.drawable(sets["ch"].captions[4])
+    assert figures.shown_caption("ch", 4, sets) == sets["ch"].captions[4]
+    text, _ = figures.drawable(sets["ch"].captions[4])
     assert set(text) <= set("? 4")
     write_reports(tmp_path / "out", results, sets, "test")
     with Image.open(tmp_path / "out" / "examples.png") as im:
@@ -193,20 +214,20 @@ def test_chinese_caption_without_a_cjk_font_shows_the_aligned_english_one(tmp_pa
 
 
 def test_cjk_font_is_used_when_installed():
-    path = report.cjk_font_path()
+    path = figures.cjk_font_path()
     if path is None:
         pytest.skip("no font with Chinese glyphs installed (fc-list :lang=zh is empty)")
-    assert report.font_for(CAPTIONS["ch"]).path == path
+    assert figures.font_for(CAPTIONS["ch"]).path == path
 
 
 def test_wrap_breaks_words_and_chinese_text():
-    font = report._font(report.latin_font_path())
-    lines = report.wrap("one two three four five six seven eight nine ten", font, 60, 10)
+    font = figures._font(figures.latin_font_path())
+    lines = figures.wrap("one two three four five six seven eight nine ten", font, 60, 10)
     assert len(lines) > 1 and all(font.getlength(line) <= 60 for line in lines)
     assert " ".join(lines) == "one two three four five six seven eight nine ten"
-    short = report.wrap("x" * 400, font, 100, 2)
+    short = figures.wrap("x" * 400, font, 100, 2)
     assert len(short) == 2 and short[-1].endswith("...")
-    assert report.wrap("一个穿红色衬衫的男人" * 5, font, 80, 20)[0] != "一个穿红色衬衫的男人" * 5
+    assert figures.wrap("一个穿红色衬衫的男人" * 5, font, 80, 20)[0] != "一个穿红色衬衫的男人" * 5
 
 
 def test_demo_sized_report_is_fast(tmp_path):

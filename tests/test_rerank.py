@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from engine.evaluate import apply_rerank, evaluate, similarity_order
+from engine.evaluate import apply_rerank, evaluate, rerank_pair_summary, similarity_order, split_query_counts
 from engine.rerank import kv_bytes_per_image, rerank_fast, rerank_reference
 from model.bi_irra import BiIRRA
-from tests.model_fixtures import tiny_config, tiny_text_dir  # noqa: F401 - fixture
+from tests.model_fixtures import tiny_config
 from utils.metrics import per_query_stats, summarize
 
 TOL = 1e-4
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def tiny_model(text_dir, tmp_path, fusion_layers: int = 2) -> BiIRRA:
     torch.manual_seed(0)
     cfg = tiny_config(text_dir, tmp_path, f"text_num_hidden_layers={2 + fusion_layers}")
-    model = BiIRRA(cfg).eval()
+    model = BiIRRA.from_config(cfg).eval()
     # larger-than-init weights so ITM scores are well separated (ranking comparisons are then exact)
     with torch.no_grad():
         for p in model.parameters():
@@ -48,7 +48,7 @@ def source(embeds: torch.Tensor, mask: torch.Tensor):
 
 
 @pytest.mark.parametrize("fusion_layers", [1, 3])
-def test_fast_scores_equal_reference(tiny_text_dir, tmp_path, fusion_layers) -> None:  # noqa: F811
+def test_fast_scores_equal_reference(tiny_text_dir, tmp_path, fusion_layers) -> None:
     model = tiny_model(tiny_text_dir, tmp_path, fusion_layers)
     lengths = [3, 9, 5, 12, 3, 7, 1]  # different lengths; padded to 12 for the reference
     embeds, mask = captions(model, lengths, padded=12)
@@ -65,7 +65,7 @@ def test_fast_scores_equal_reference(tiny_text_dir, tmp_path, fusion_layers) -> 
     assert abs(float(got[0, 0] - got[0, 1])) <= TOL and abs(float(want[0, 0] - want[0, 1])) <= TOL
 
 
-def test_kv_budget_blocks_compute_each_image_once(tiny_text_dir, tmp_path, monkeypatch) -> None:  # noqa: F811
+def test_kv_budget_blocks_compute_each_image_once(tiny_text_dir, tmp_path, monkeypatch) -> None:
     model = tiny_model(tiny_text_dir, tmp_path)
     embeds, mask = captions(model, [4, 6, 2], padded=6)
     gallery = torch.randn(8, 9, 32)
@@ -113,7 +113,7 @@ def reference_evaluate(model: BiIRRA, data, k: int) -> tuple[dict[str, float], t
 
 
 @pytest.mark.parametrize("budget", [None, 1])
-def test_evaluate_fast_path_equals_reference(tiny_text_dir, tmp_path, budget) -> None:  # noqa: F811
+def test_evaluate_fast_path_equals_reference(tiny_text_dir, tmp_path, budget) -> None:
     model = tiny_model(tiny_text_dir, tmp_path)
     data = fake_data(model, n_gallery=12, lengths=[2, 9, 4, 11, 6, 3, 8, 5, 10], padded=14)
     want, order = reference_evaluate(model, data, k=6)
@@ -125,7 +125,7 @@ def test_evaluate_fast_path_equals_reference(tiny_text_dir, tmp_path, budget) ->
 
 
 @pytest.mark.parametrize("fusion_layers", [1, 3])
-def test_benchmark_flop_formulas_match_counted_flops(tiny_text_dir, tmp_path, fusion_layers) -> None:  # noqa: F811
+def test_benchmark_flop_formulas_match_counted_flops(tiny_text_dir, tmp_path, fusion_layers) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -157,3 +157,58 @@ def test_pair_batches_respect_pair_and_token_caps() -> None:
     for s, e in ranges:
         assert e - s <= 4 and ((e - s) * lengths[e - 1] <= 20 or e - s == 1)
     assert pair_batches(lengths, batch_size=4, max_tokens=None) == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_split_query_counts_by_hand() -> None:
+    # top 3 by ITC of 7 queries (gallery indices), person of each gallery image, ITM scores of the top 3
+    pids = torch.tensor([0, 0, 1, 1, 2, 2, 3])
+    query_pids = torch.tensor([0, 1, 2, 0, 3, 1, 2])
+    order = torch.tensor([[0, 2, 4],   # right first by ITC and by ITM: split, both right
+                          [0, 2, 4],   # right second; ITM lifts it: split, ITC wrong, ITM right
+                          [0, 2, 4],   # right third; ITM lifts it: split, ITC wrong, ITM right
+                          [0, 2, 4],   # right first; ITM drops it: split, ITC right, ITM wrong
+                          [0, 2, 4],   # no right image in the top 3: not split
+                          [2, 3, 0],   # two right images: not split
+                          [6, 4, 0]])  # right second, ITM tie with the first: ITC order kept, split, both wrong
+    itm = torch.tensor([[3.0, 2.0, 1.0], [0.0, 1.0, 0.5], [0.0, 1.0, 2.0], [0.0, 1.0, 2.0], [1.0, 2.0, 3.0],
+                        [0.0, 1.0, 2.0], [1.0, 1.0, 0.0]])
+    full = torch.cat([order, torch.tensor([[1, 3, 5, 6]] * 5 + [[1, 4, 5, 6], [1, 2, 3, 5]])], dim=1)
+    before = pids[full] == query_pids[:, None]
+    after = pids[apply_rerank(full, 3, itm)] == query_pids[:, None]
+    assert split_query_counts(before[:, :3], after[:, :3]).tolist() == [5, 2, 3]  # split: 0, 1, 2, 3, 6
+    after_2 = pids[apply_rerank(full, 2, itm[:, :2])] == query_pids[:, None]
+    assert split_query_counts(before[:, :2], after_2[:, :2]).tolist() == [4, 2, 2]  # top 2: split 0, 1, 3, 6
+    # the case of the old benchmarks/rerank_pairs.py test, at depth 2 (its split pairs 3, ITC 1/3, ITM 1/3)
+    correct = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 0]], dtype=torch.bool)
+    scores = torch.tensor([[0.0, 1.0, 2.0], [0.0, 1.0, 0.5], [3.0, 2.0, 1.0], [0.0, 0.0, 5.0], [1.0, 1.0, 0.0]])
+    reranked = correct[:, :2].gather(1, torch.sort(scores[:, :2], dim=1, descending=True, stable=True).indices)
+    assert split_query_counts(correct[:, :2], reranked).tolist() == [3, 1, 1]
+    summary = rerank_pair_summary(torch.tensor([4, 1, 3]), k=2, queries=10)
+    assert summary == {"k": 2, "queries": 10, "split_queries": 4, "itc_right_first": 1, "itm_right_first": 3,
+                       "itc_first_rate": 25.0, "itm_first_rate": 75.0}
+    assert rerank_pair_summary(torch.tensor([0, 0, 0]), k=2, queries=3)["itm_first_rate"] is None
+
+
+def test_evaluate_counts_the_split_queries_of_its_own_rankings(tiny_text_dir, tmp_path) -> None:
+    """At depth 2, counted as benchmarks/rerank_pairs.py did (before its removal): split when exactly one of
+    the top 2 by similarity is right; ITC right when that is the first; ITM right when its score of the
+    first is at least that of the second exactly when the first is right."""
+    model = tiny_model(tiny_text_dir, tmp_path)
+    data = fake_data(model, n_gallery=12, lengths=[2, 9, 4, 11, 6, 3, 8, 5, 10, 7, 4, 6, 9, 3, 12, 5] * 2,
+                     padded=14, seed=2)
+    got = evaluate(model, data, target=False, k_test=2, batch_size=4, chunk=5)
+    with torch.no_grad():
+        images = torch.stack([data.gallery[i][0] for i in range(len(data.gallery))])
+        g_embeds, t_embeds = model.encode_image(images), model.encode_text(data.query_ids, data.query_mask)
+        top = similarity_order(model.text_feature(t_embeds, target=False) @ model.image_feature(g_embeds).t())[:, :2]
+    itm = rerank_reference(model, t_embeds, data.query_mask, top, g_embeds, 8, torch.device("cpu"))
+    correct = data.gallery_pids[top] == data.query_pids[:, None]
+    split = correct[:, 0] ^ correct[:, 1]
+    itc_right = int(correct[split, 0].sum())
+    itm_right = int(((itm[split, 0] >= itm[split, 1]) == correct[split, 0]).sum())
+    assert got.rerank_pairs["split_queries"] == int(split.sum()) == 14  # this seed: 14 split queries of 32,
+    assert (got.rerank_pairs["itc_right_first"], got.rerank_pairs["itm_right_first"]) == (itc_right, itm_right) == (9, 7)
+    assert got.rerank_pairs["k"] == 2 and got.rerank_pairs["queries"] == got.metrics["num_queries"] == 32
+    assert got.itc_metrics["R1"] - got.metrics["R1"] == pytest.approx(100 * (9 - 7) / 32)  # k = 2: all of R1's change
+    assert evaluate(model, data, target=False, k_test=1, batch_size=4).rerank_pairs is None  # nothing re-ranked
+    assert evaluate(model, data, target=False, k_test=2, batch_size=4, rerank=False).rerank_pairs is None

@@ -12,7 +12,8 @@ import torch
 import main as cli
 from data.sampler import GlobalBatchSampler
 from engine.train import set_deterministic
-from tests.engine_fixtures import kill_when, load_weights, run_main, tiny_config, tiny_data  # noqa: F401
+from tests.engine_fixtures import kill_when, load_weights, run_main
+from tests.model_fixtures import tiny_config_file as tiny_config
 from utils.checkpoint import get_rng_state, load_safe, save_atomic, set_rng_state
 from utils.logging import read_jsonl
 
@@ -30,14 +31,14 @@ def steps(run: Path) -> list[dict]:
     return [r for r in read_jsonl(run / "log.jsonl") if r["kind"] == "step"]
 
 
-def config(tiny_data, out: Path, device: str, **sections):  # noqa: F811
+def config(tiny_data, out: Path, device: str, **sections):
     """Two epochs of 9 steps; on CUDA with deterministic algorithms, the guarantee's condition there."""
     misc = {"seed": 5, "deterministic": device == "cuda"}
     return tiny_config(tiny_data, out, device=device, misc=misc, **sections)
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_data, tmp_path_factory):  # noqa: F811
+def uninterrupted(tiny_data, tmp_path_factory):
     """An uninterrupted run per device (the same for every save_every_steps: saving draws no random number)."""
     runs: dict[str, Path] = {}
 
@@ -61,8 +62,9 @@ def resume_and_compare(cut: Path, cfg: Path, full: Path) -> None:
     assert all(s["loss"] == done[s["step"]]["loss"] for s in steps(cut))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
-def test_resume_after_sigkill_matches_uninterrupted_run(tiny_data, tmp_path, uninterrupted, device):  # noqa: F811
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny_data, tmp_path, uninterrupted, device):
     full = uninterrupted(device)
     cut = tmp_path / "cut"
     cfg = config(tiny_data, cut, device)
@@ -75,8 +77,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_data, tmp_path, uni
     resume_and_compare(cut, cfg, full)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
-def test_kill_inside_an_epoch_loses_at_most_n_steps_and_resumes_exactly(tiny_data, tmp_path, uninterrupted,  # noqa: F811
+def test_kill_inside_an_epoch_loses_at_most_n_steps_and_resumes_exactly(tiny_data, tmp_path, uninterrupted,
                                                                         device):
     full = uninterrupted(device)
     cut = tmp_path / "cut"
@@ -92,25 +95,49 @@ def test_kill_inside_an_epoch_loses_at_most_n_steps_and_resumes_exactly(tiny_dat
     resume_and_compare(cut, cfg, full)
 
 
-def test_virtual_processes_resume_inside_an_epoch_exactly(tiny_data, tmp_path):  # noqa: F811
-    """distributed.virtual_processes=2 (batch 4 x 2, the same 9 steps per epoch): killed inside
-    epoch 1, the resumed run ends with the uninterrupted run's weights."""
-    sections = {"distributed": {"backend": "gloo", "virtual_processes": 2}, "data": {"batch_size": 4},
-                "schedule": {"epoch": 1, "save_every_steps": EVERY}}
+def run_kill_and_resume(tiny_data, tmp_path: Path, sections: dict, kill_at: int) -> tuple[Path, dict]:
+    """An uninterrupted one-epoch run, and a run SIGKILLed at step ``kill_at`` of epoch 1
+    (checkpoints every EVERY steps) then resumed: it must end with the same weights. Returns
+    the uninterrupted run's folder and the checkpoint the killed run left."""
     full = tmp_path / "full"
     r = run_main("--config", str(config(tiny_data, full, "cpu", **sections)))
     assert r.returncode == 0, r.stderr[-3000:]
     cut = tmp_path / "cut"
     cfg = config(tiny_data, cut, "cpu", **sections)
     rc = kill_when(["--config", str(cfg)], cut / "log.jsonl",
-                   lambda recs: any(x["kind"] == "step" and x["step"] >= 3 for x in recs))
+                   lambda recs: any(x["kind"] == "step" and x["step"] >= kill_at for x in recs))
     assert rc == -9
     ckpt = load_safe(cut / "checkpoint_last.pth")
     assert ckpt["epoch"] == 0 and 0 < ckpt["step"] < 9 and ckpt["step"] % EVERY == 0
     resume_and_compare(cut, cfg, full)
+    return full, ckpt
 
 
-def test_mid_epoch_resume_refuses_another_batch_geometry(tiny_data, tmp_path, capsys):  # noqa: F811
+@pytest.mark.slow
+def test_virtual_processes_resume_inside_an_epoch_exactly(tiny_data, tmp_path):
+    """distributed.virtual_processes=2 (batch 4 x 2, the same 9 steps per epoch): killed inside
+    epoch 1, the resumed run ends with the uninterrupted run's weights."""
+    run_kill_and_resume(tiny_data, tmp_path, {"distributed": {"backend": "gloo", "virtual_processes": 2},
+                                              "data": {"batch_size": 4},
+                                              "schedule": {"epoch": 1, "save_every_steps": EVERY}}, kill_at=3)
+
+
+@pytest.mark.slow
+def test_fp16_with_loss_scaling_resumes_inside_an_epoch_exactly(tiny_data, tmp_path):
+    """schedule.amp fp16 on the CPU (schedule.cpu_amp): the GradScaler's state is in
+    checkpoint_last.pth, overflowed steps are logged as skipped, and a run killed inside
+    epoch 1 resumes to the uninterrupted run's weights."""
+    sections = {"schedule": {"epoch": 1, "save_every_steps": EVERY, "amp": "fp16", "cpu_amp": True}}
+    full, cut = run_kill_and_resume(tiny_data, tmp_path, sections, kill_at=5)
+    skips = [x for x in read_jsonl(full / "log.jsonl") if x["kind"] == "skip"]
+    assert skips and all(x["term"] == "grad_overflow" for x in skips)  # the tiny model overflows at scale 2^16
+    assert skips[0]["step"] == 1 and skips[0]["scale"] == 2.0 ** 15
+    assert load_safe(full / "checkpoint_last.pth")["scaler"]["scale"] == 2.0 ** 16 / 2 ** len(skips)
+    assert cut["scaler"]["scale"] < 2.0 ** 16  # the killed run's checkpoint holds the lowered scale
+
+
+@pytest.mark.slow
+def test_mid_epoch_resume_refuses_another_batch_geometry(tiny_data, tmp_path, capsys):
     cut = tmp_path / "cut"
     cfg = config(tiny_data, cut, "cpu", schedule={"save_every_steps": 1, "epoch": 1})
     # step 1's checkpoint is written before step 2 runs

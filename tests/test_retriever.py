@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from engine.retriever import Hit, RetrievalError, Retriever, list_images
-from tests.retrieval_fixtures import TrainedRun, trained_run  # noqa: F401
+from tests.retrieval_fixtures import TrainedRun
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # trained_run: main.py in a subprocess
 
 
 @pytest.fixture(scope="module")

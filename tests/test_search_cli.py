@@ -8,11 +8,12 @@ import sys
 import pytest
 from PIL import Image
 
-from engine import report
-from tests.retrieval_fixtures import ROOT, TrainedRun, subprocess_env, trained_run  # noqa: F401
+from engine import figures
+from tests.engine_fixtures import ROOT, env
+from tests.retrieval_fixtures import TrainedRun
 from tools import search
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # trained_run: main.py in a subprocess
 
 ROW = re.compile(r"^\s*(\d+)\s+(-?\d+\.\d+)\s+(\S+)\s+id (\d+) (match|other)$")
 
@@ -20,8 +21,8 @@ ROW = re.compile(r"^\s*(\d+)\s+(-?\d+\.\d+)\s+(\S+)\s+id (\d+) (match|other)$")
 def grid_size(n: int) -> tuple[int, int]:
     cols = min(search.COLUMNS, n)
     rows = -(-n // cols)
-    width = max(2 * report.PAD + cols * (report.CELL_W + report.GAP) - report.GAP, 320)
-    return width, 2 * report.PAD + 3 * report.LINE_H + report.GAP + rows * (report.CELL_H + report.GAP) - report.GAP
+    width = max(2 * figures.PAD + cols * (figures.CELL_W + figures.GAP) - figures.GAP, 320)
+    return width, 2 * figures.PAD + 3 * figures.LINE_H + figures.GAP + rows * (figures.CELL_H + figures.GAP) - figures.GAP
 
 
 def args(run: TrainedRun, lang: str, out, *extra: str) -> list[str]:
@@ -49,8 +50,8 @@ def check_output(stdout: str, run: TrainedRun, lang: str, out, top_k: int = 5) -
 
 def frame_colour(out, index: int) -> tuple[int, int, int]:
     """Colour of the frame of result ``index`` (its top-left pixel)."""
-    x = report.PAD + index * (report.CELL_W + report.GAP)
-    y = report.PAD + 3 * report.LINE_H + report.GAP
+    x = figures.PAD + index * (figures.CELL_W + figures.GAP)
+    y = figures.PAD + 3 * figures.LINE_H + figures.GAP
     with Image.open(out) as im:
         return im.convert("RGB").getpixel((x + 1, y + 1))
 
@@ -58,11 +59,11 @@ def frame_colour(out, index: int) -> tuple[int, int, int]:
 def test_cli_english_in_a_subprocess(trained_run, tmp_path):
     out = tmp_path / "en.png"
     r = subprocess.run([sys.executable, "-m", "tools.search", *args(trained_run, "en", out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300, env=subprocess_env())
+                       capture_output=True, text=True, timeout=300, env=env())
     assert r.returncode == 0, r.stderr[-3000:]
     rows = check_output(r.stdout, trained_run, "en", out)
     for n, m in enumerate(rows):
-        assert frame_colour(out, n) == (report.GREEN if m.group(5) == "match" else report.RED)
+        assert frame_colour(out, n) == (figures.GREEN if m.group(5) == "match" else figures.RED)
 
 
 def test_cli_chinese_and_cache(trained_run, tmp_path, capsys):
@@ -88,7 +89,7 @@ def test_query_id_and_folder_gallery_without_ids(trained_run, tmp_path, capsys):
                  "--query", "a woman with a red bag", "--top-k", "3", "--out", str(out)])
     stdout = capsys.readouterr().out
     assert "3 of 18 images" in stdout and "match" not in stdout
-    assert frame_colour(out, 0) == report.GREY
+    assert frame_colour(out, 0) == figures.GREY
 
 
 @pytest.mark.parametrize("change, needle", [

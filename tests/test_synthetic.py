@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from data.annotations import load_split
-from data.synthetic import main
-from data.synthetic_captions import CH_WORDS, COLOURS
-from tests.data_fixtures import make_config, make_synthetic, synthetic_root  # noqa: F401
+from synthetic.captions import CH_WORDS, COLOURS
+from synthetic.generate import main
+from tests.data_fixtures import make_synthetic
+from tests.model_fixtures import tiny_config
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
@@ -22,7 +23,7 @@ def _files(root):
     return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_same_seed_identical_files_other_seed_differs(synthetic_root, tmp_path):  # noqa: F811
+def test_same_seed_identical_files_other_seed_differs(synthetic_root, tmp_path):
     again = _files(make_synthetic(tmp_path / "again"))
     first = _files(synthetic_root)
     assert again.keys() == first.keys() and all(again[k] == first[k] for k in first)
@@ -34,7 +35,7 @@ def test_same_seed_identical_files_other_seed_differs(synthetic_root, tmp_path):
         k for k in first if k.name == "train_reid_en.json")]
 
 
-def test_layout_and_format(synthetic_root):  # noqa: F811
+def test_layout_and_format(synthetic_root):
     for split, n_ids in (("train", 4), ("val", 1), ("test", 3)):
         for lang in ("en", "ch", "fr", "de"):
             entries = json.loads((synthetic_root / "annos" / f"{split}_reid_{lang}.json").read_text(encoding="utf-8"))
@@ -50,8 +51,8 @@ def test_layout_and_format(synthetic_root):  # noqa: F811
 
 
 @pytest.mark.parametrize("tgt", ["ch", "fr", "de"])
-def test_annotations_load_through_the_real_code_path(synthetic_root, tgt):  # noqa: F811
-    cfg = make_config(synthetic_root, target_language=tgt)
+def test_annotations_load_through_the_real_code_path(synthetic_root, tmp_path, tgt):
+    cfg = tiny_config(synthetic_root, tmp_path, f"data.target_language={tgt}")
     for split in ("train", "val", "test"):
         pairs = load_split(cfg, split)
         assert pairs and all(len(p.src_captions) == len(p.tgt_captions) == 2 for p in pairs)
@@ -66,7 +67,8 @@ def test_captions_vary_in_wording_and_order(tmp_path):
     assert not (root / "annos" / "val_reid_en.json").exists()
 
 
-def test_tokenizer_folder_loads_offline_and_knows_chinese(synthetic_root):  # noqa: F811
+@pytest.mark.slow
+def test_tokenizer_folder_loads_offline_and_knows_chinese(synthetic_root):
     code = (
         "import json, sys\n"
         "from transformers import AutoTokenizer\n"
@@ -93,7 +95,7 @@ def test_tokenizer_folder_loads_offline_and_knows_chinese(synthetic_root):  # no
     assert {"sentencepiece.bpe.model", "tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(synthetic_root / "text_encoder"))
 
 
-def test_tokenizer_cuts_like_sentencepiece_at_word_boundaries(synthetic_root):  # noqa: F811
+def test_tokenizer_cuts_like_sentencepiece_at_word_boundaries(synthetic_root):
     """The HF tokenizer reads the model as unigram pieces; it must cut exactly as SentencePiece
     does, keep en/fr/de words whole and cut Chinese into the words of the caption tables."""
     import sentencepiece as spm
@@ -121,6 +123,34 @@ def test_tokenizer_cuts_like_sentencepiece_at_word_boundaries(synthetic_root):  
                 assert all(f"\u2581{w}" in pieces for w in cap.split() if w.isalpha()), pieces
 
 
+def _text_encoder_state(folder: Path, caption: str) -> tuple[int, int, int, list[int]]:
+    """tokenizer.json's vocabulary size, the SentencePiece piece count, config.json's vocab_size, ``caption``'s ids."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from data.text import clean_caption
+
+    vocab = len(json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"])
+    pieces = spm.SentencePieceProcessor(model_file=str(folder / "sentencepiece.bpe.model")).get_piece_size()
+    config = json.loads((folder / "config.json").read_text())["vocab_size"]
+    return vocab, pieces, config, AutoTokenizer.from_pretrained(str(folder))(clean_caption(caption))["input_ids"]
+
+
+def test_regenerating_with_other_arguments_rewrites_a_consistent_text_encoder(tmp_path):
+    """A folder generated again with other arguments holds the tokenizer of the new captions only: before,
+    the Hugging Face tokenizer was loaded from the folder's old tokenizer.json and saved back, so
+    tokenizer.json and config.json's vocab_size disagreed with the new SentencePiece model."""
+    small = {"val_ids": 0, "test_ids": 2, "images_per_id": 1, "size": (16, 8), "hidden_size": 16}
+    again = make_synthetic(tmp_path / "again", train_ids=2, **small)
+    make_synthetic(again, train_ids=40, **small)
+    fresh = make_synthetic(tmp_path / "fresh", train_ids=40, **small)
+    caption = json.loads((fresh / "annos" / "train_reid_ch.json").read_text(encoding="utf-8"))[-1]["captions"][0]
+    vocab, pieces, config, ids = _text_encoder_state(fresh / "text_encoder", caption)
+    assert vocab == pieces + 2 == config  # fairseq offset 1 (<s> <pad> </s> <unk> for unk bos eos) and <mask>
+    assert _text_encoder_state(again / "text_encoder", caption) == (vocab, pieces, config, ids)
+    assert _files(again / "text_encoder") == _files(fresh / "text_encoder")
+
+
 def test_val_and_test_people_do_not_depend_on_the_number_of_training_people(tmp_path):
     small = make_synthetic(tmp_path / "a", train_ids=3, val_ids=2, test_ids=3, images_per_id=2, size=(16, 8))
     large = make_synthetic(tmp_path / "b", train_ids=9, val_ids=2, test_ids=3, images_per_id=2, size=(16, 8),
@@ -137,6 +167,19 @@ def test_val_and_test_people_do_not_depend_on_the_number_of_training_people(tmp_
     assert len(train) == 9 and len({e["id"] for e in train}) == 9  # one image per training person
     held_out = {e["id"] for split in ("val", "test") for e in json.loads((large / "annos" / f"{split}_reid_en.json").read_text())}
     assert held_out.isdisjoint(e["id"] for e in train)
+
+
+def test_the_library_does_not_import_the_generator():
+    """Training and evaluation never load the synthetic package: no module of data/, model/,
+    engine/ or utils/ imports it (the reference file's name comes from data.annotations)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(p for package in ("data", "model", "engine", "utils") for p in (root / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "synthetic" or n.startswith("synthetic.") for n in names), path
 
 
 def test_cli(tmp_path, capsys):

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import build_model
+from model import BiIRRALoss, build_model
 from model.fusion import FusionEncoder
-from tests.model_fixtures import make_batch, tiny_config, tiny_text_dir  # noqa: F401 - fixture
+from tests.model_fixtures import make_batch, tiny_config
 from tests.recompute import assert_recomputed, block_calls
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def count_work(model, batch, monkeypatch) -> tuple[list, list, list]:
+def count_work(model, cfg, batch, monkeypatch) -> tuple[list, list, list]:
     """Inputs of every vision-encoder call, text-encoder call and cross key/value computation
     in a training step (forward and backward); checks that checkpointed blocks, and only
     those, ran again in the backward pass."""
@@ -30,20 +30,20 @@ def count_work(model, batch, monkeypatch) -> tuple[list, list, list]:
     monkeypatch.setattr(FusionEncoder, "cross_kv", cross_kv)
     model.train()
     with block_calls(model) as (counts, phase):
-        losses = model(batch)
+        losses = BiIRRALoss(cfg)(model, batch)
         phase["backward"] = True
         sum(losses.values()).backward()
-    assert_recomputed(counts, checkpointing=model.cfg.model.grad_checkpointing)
+    assert_recomputed(counts, checkpointing=cfg.model.grad_checkpointing)
     return vision, text, contexts
 
 
 @pytest.mark.parametrize("overrides", [[], ["itm.use_mask=false"], ["model.grad_checkpointing=true"]])
-def test_each_image_encoded_once(tiny_text_dir, tmp_path, monkeypatch, overrides) -> None:  # noqa: F811
+def test_each_image_encoded_once(tiny_text_dir, tmp_path, monkeypatch, overrides) -> None:
     torch.manual_seed(0)
     cfg = tiny_config(tiny_text_dir, tmp_path, *overrides)
     model, tok = build_model(cfg)
     batch = make_batch(cfg, tok, [0, 0, 1, 2])
-    vision, text, contexts = count_work(model, batch, monkeypatch)
+    vision, text, contexts = count_work(model, cfg, batch, monkeypatch)
     # with grad checkpointing the backward pass re-runs checkpointed blocks (checked in count_work), not the encoder's forward
     masks = [args[1] for args, _ in vision]
     assert len(vision) == 2 and masks[0] is None and torch.equal(masks[1], batch["image_mask"])

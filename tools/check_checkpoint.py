@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if not cfg.model.resume:
             raise ConfigError(f"{cfg.source}: key 'model.resume' is empty; nothing to check")
-        model = BiIRRA(cfg)
+        model = BiIRRA.from_config(cfg)
         report = load_pretrained(model, cfg.model.resume)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Write a checkpoint of this project as a CCLM-X2VLM pretrained checkpoint (SPEC §5 key layout).
+"""Write a checkpoint of this project as a CCLM-X2VLM pretrained checkpoint (that key layout).
 
     python -m tools.export_cclm --checkpoint runs/demo_stage1/checkpoint_last.pth --out runs/demo_stage1/cclm_demo.th
 

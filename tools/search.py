@@ -79,7 +79,7 @@ def query_person(query: str, entries: list, query_id: int | None) -> int | None:
 
 def draw_grid(query: str, lang: str, how: str, hits: list, marks: list[bool | None], out: Path) -> tuple[int, int]:
     """Header (the query, how it was scored), then the results with rank and score; returns the PNG size."""
-    from engine.report import CELL_H, CELL_W, GAP, LINE_H, PAD, draw_cell, draw_text, font_for, save_png
+    from engine.figures import CELL_H, CELL_W, GAP, LINE_H, PAD, draw_cell, draw_text, font_for, save_png
 
     cols = min(COLUMNS, len(hits))
     rows = -(-len(hits) // cols)

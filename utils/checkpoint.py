@@ -37,6 +37,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         raise
 
 
+def checkpoint_dict(weights: dict[str, torch.Tensor], config: dict[str, Any], num_ids: int,
+                    **fields: Any) -> dict[str, Any]:
+    """The layout of every checkpoint this project writes (``best_<lang>.pth``,
+    ``checkpoint_last.pth``): format tag, weights, ``fields`` (training state, metrics...),
+    the number of training identities (sizes the ID head) and the resolved config."""
+    return {"format": CHECKPOINT_FORMAT, "model": weights, **fields, "num_ids": num_ids, "config": config}
+
+
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """torch.save ``obj`` atomically (see :func:`atomic_write`), fsynced so it survives a power cut."""
     def write(tmp: Path) -> None:

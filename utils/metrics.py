@@ -1,6 +1,6 @@
 """Retrieval metrics (Rank-k, mAP, mINP) computed from ranked relevance, vectorised.
 
-Definitions (SPEC §8): for one query and its full ranking of the gallery,
+Definitions (docs/design.md): for one query and its full ranking of the gallery,
 Rank-k = 1 if a relevant image is among the first k; AP = mean over relevant positions
 p of (relevant images in the first p) / p; INP = (#relevant) / (position of the last
 relevant image). Positions are 1-based. Queries with no relevant gallery image are

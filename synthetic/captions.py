@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 LANGS = ("en", "ch", "fr", "de")
+CAPTIONS_PER_IMAGE = 2
 
 # name -> RGB, English, Chinese, French (m sg, f sg, m pl, f pl), German stem (None = indeclinable)
 COLOURS: dict[str, tuple[tuple[int, int, int], str, str, tuple[str, str, str, str], str, bool]] = {
@@ -108,6 +109,12 @@ def plan_caption(ident: Identity, rng: np.random.Generator) -> Plan:
     n = max(3, int(np.ceil(len(keys) * rng.uniform(0.6, 1.0))))
     chosen = [keys[i] for i in rng.permutation(len(keys))[:n]]
     return Plan(tuple(chosen), int(rng.integers(3)), bool(rng.random() < 0.85))
+
+
+def image_plans(seed: int, pid: int, ident: Identity, k: int) -> list[Plan]:
+    """The caption plans of image ``k`` of person ``pid`` (a pure function of the seed)."""
+    rng = np.random.default_rng([seed, 2, pid, k])
+    return [plan_caption(ident, rng) for _ in range(CAPTIONS_PER_IMAGE)]
 
 
 def mentioned_facets(ident: Identity, plan: Plan) -> dict[str, str]:

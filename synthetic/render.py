@@ -6,11 +6,12 @@ as anti-aliased detail rather than aliasing noise.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from data.synthetic_captions import COLOURS, HAIR_COLOURS, SKINS, Identity
+from synthetic.captions import COLOURS, HAIR_COLOURS, SKINS, Identity
 
 RGB = tuple[int, int, int]
 SUPERSAMPLE = 2
@@ -86,47 +87,93 @@ def _pattern(d: ImageDraw.ImageDraw, box: tuple[float, float, float, float], pat
             d.line([(x, y0), (x, y1)], fill=stripe, width=max(1, step // 3))
 
 
-def render_person(p: Identity, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
-    """One view (``size`` = (width, height)) of person ``p``; ``rng`` decides the scene and pose."""
-    w, h = size[0] * SUPERSAMPLE, size[1] * SUPERSAMPLE
-    img = _background((w, h), rng)
-    d = ImageDraw.Draw(img)
-    unit = h * rng.uniform(0.72, 0.95)              # person height
-    cx = w / 2 + rng.uniform(-0.15, 0.15) * w
-    top = rng.uniform(0.02, 1.0) * (h - unit) if h > unit else 0.0
-    bw = BUILD_WIDTH[p.build]
-    skin = SKINS[p.skin]
-    hair = HAIR_COLOURS[p.hair_colour][0]
-    upper, lower = COLOURS[p.upper_colour][0], COLOURS[p.lower_colour][0]
-    shoes = COLOURS[p.shoes_colour][0]
-    head_r = unit * 0.065
-    head_c = (cx, top + unit * 0.03 + head_r)
-    neck_y = head_c[1] + head_r
-    shoulder_y = neck_y + unit * 0.03
-    hip_y = top + unit * 0.52
-    torso_w = unit * 0.12 * bw
-    leg_len = unit * 0.43
-    arm_len = unit * 0.36
-    limb_w = unit * 0.05 * bw
+@dataclass(frozen=True)
+class _Body:
+    """Where the parts of one view of a person go (supersampled pixels), and their colours."""
+    p: Identity
+    unit: float  # person height
+    cx: float
+    top: float
 
+    @property
+    def bw(self) -> float:
+        return BUILD_WIDTH[self.p.build]
+
+    @property
+    def skin(self) -> RGB:
+        return SKINS[self.p.skin]
+
+    @property
+    def hair(self) -> RGB:
+        return HAIR_COLOURS[self.p.hair_colour][0]
+
+    @property
+    def upper(self) -> RGB:
+        return COLOURS[self.p.upper_colour][0]
+
+    @property
+    def lower(self) -> RGB:
+        return COLOURS[self.p.lower_colour][0]
+
+    @property
+    def head_r(self) -> float:
+        return self.unit * 0.065
+
+    @property
+    def head_c(self) -> tuple[float, float]:
+        return (self.cx, self.top + self.unit * 0.03 + self.head_r)
+
+    @property
+    def neck_y(self) -> float:
+        return self.head_c[1] + self.head_r
+
+    @property
+    def shoulder_y(self) -> float:
+        return self.neck_y + self.unit * 0.03
+
+    @property
+    def hip_y(self) -> float:
+        return self.top + self.unit * 0.52
+
+    @property
+    def torso_w(self) -> float:
+        return self.unit * 0.12 * self.bw
+
+    @property
+    def limb_w(self) -> float:
+        return self.unit * 0.05 * self.bw
+
+
+def _draw_back(d: ImageDraw.ImageDraw, b: _Body, rng: np.random.Generator) -> None:
+    """What lies behind the body: long hair and a backpack."""
+    p, cx, unit, head_r = b.p, b.cx, b.unit, b.head_r
     if p.hair_style == "long":
-        d.rectangle([cx - head_r * 1.1, head_c[1] - head_r * 0.3, cx + head_r * 1.1, shoulder_y + unit * 0.07], fill=hair)
+        d.rectangle([cx - head_r * 1.1, b.head_c[1] - head_r * 0.3, cx + head_r * 1.1, b.shoulder_y + unit * 0.07], fill=b.hair)
     if p.bag == "backpack":
         bag = COLOURS[p.bag_colour][0]
         side = 1 if rng.random() < 0.5 else -1
-        x0, x1 = sorted((cx + side * torso_w * 0.7, cx + side * torso_w * 1.25))
-        d.rectangle([x0, shoulder_y + unit * 0.02, x1, hip_y - unit * 0.05], fill=bag)
-    # legs (trousers, shorts or bare under a skirt) and shoes
+        x0, x1 = sorted((cx + side * b.torso_w * 0.7, cx + side * b.torso_w * 1.25))
+        d.rectangle([x0, b.shoulder_y + unit * 0.02, x1, b.hip_y - unit * 0.05], fill=bag)
+
+
+def _draw_legs(d: ImageDraw.ImageDraw, b: _Body, rng: np.random.Generator) -> None:
+    """Legs (trousers, shorts or bare under a skirt), shoes, and the skirt."""
+    p, cx, unit, torso_w, limb_w, hip_y = b.p, b.cx, b.unit, b.torso_w, b.limb_w, b.hip_y
+    shoes = COLOURS[p.shoes_colour][0]
     spread = rng.uniform(0.0, 0.35)
     for side, angle in ((-1, -spread * rng.uniform(0.5, 1.0)), (1, spread * rng.uniform(0.5, 1.0))):
         cover = {"trousers": 1.0, "shorts": 0.4, "skirt": 0.0}[p.lower]
-        segs = [(cover, lower), (1.0, skin)] if cover < 1 else [(1.0, lower)]
-        foot = _limb(d, (cx + side * torso_w * 0.45, hip_y), angle, leg_len, limb_w * 1.2, segs)
+        segs = [(cover, b.lower), (1.0, b.skin)] if cover < 1 else [(1.0, b.lower)]
+        foot = _limb(d, (cx + side * torso_w * 0.45, hip_y), angle, unit * 0.43, limb_w * 1.2, segs)
         d.ellipse([foot[0] - limb_w * 1.1, foot[1] - limb_w * 0.5, foot[0] + limb_w * 1.1, foot[1] + limb_w * 0.6], fill=shoes)
     if p.lower == "skirt":
         d.polygon([(cx - torso_w, hip_y - unit * 0.02), (cx + torso_w, hip_y - unit * 0.02),
-                   (cx + torso_w * 1.5, hip_y + unit * 0.17), (cx - torso_w * 1.5, hip_y + unit * 0.17)], fill=lower)
-    # torso, pattern, coat tail
+                   (cx + torso_w * 1.5, hip_y + unit * 0.17), (cx - torso_w * 1.5, hip_y + unit * 0.17)], fill=b.lower)
+
+
+def _draw_torso(d: ImageDraw.ImageDraw, b: _Body) -> None:
+    """Torso, its pattern and garment details (coat tail, zip, collar, hem), bag straps."""
+    p, cx, unit, torso_w, upper, shoulder_y, hip_y = b.p, b.cx, b.unit, b.torso_w, b.upper, b.shoulder_y, b.hip_y
     bottom = hip_y + (unit * 0.12 if p.upper == "coat" else 0.0)
     torso = (cx - torso_w, shoulder_y, cx + torso_w, bottom)
     d.rounded_rectangle(torso, radius=unit * 0.03, fill=upper)
@@ -145,15 +192,19 @@ def render_person(p: Identity, size: tuple[int, int], rng: np.random.Generator) 
         strap = _shade(COLOURS[p.bag_colour][0], 0.8)
         for s in (-0.5, 0.5):
             d.line([(cx + s * torso_w, shoulder_y), (cx + s * torso_w, hip_y - unit * 0.1)], fill=strap, width=max(1, int(unit * 0.015)))
-    # arms: sleeve then skin; the right hand may hold a handbag or an object
+
+
+def _draw_arms(d: ImageDraw.ImageDraw, b: _Body, rng: np.random.Generator) -> None:
+    """Arms: sleeve then skin; the right hand may hold a handbag, the left an object."""
+    p, unit, limb_w = b.p, b.unit, b.limb_w
     sleeve = 0.45 if p.upper == "tshirt" else 0.95
     hands = []
     for side in (-1, 1):
         angle = side * rng.uniform(0.08, 0.6)
-        hands.append(_limb(d, (cx + side * torso_w * 1.05, shoulder_y + limb_w * 0.4), angle, arm_len, limb_w,
-                           [(sleeve, upper), (1.0, skin)]))
+        hands.append(_limb(d, (b.cx + side * b.torso_w * 1.05, b.shoulder_y + limb_w * 0.4), angle, unit * 0.36, limb_w,
+                           [(sleeve, b.upper), (1.0, b.skin)]))
     for hx, hy in hands:
-        d.ellipse([hx - limb_w * 0.6, hy - limb_w * 0.6, hx + limb_w * 0.6, hy + limb_w * 0.6], fill=skin)
+        d.ellipse([hx - limb_w * 0.6, hy - limb_w * 0.6, hx + limb_w * 0.6, hy + limb_w * 0.6], fill=b.skin)
     hx, hy = hands[1]
     if p.bag == "handbag":
         bag = COLOURS[p.bag_colour][0]
@@ -168,8 +219,12 @@ def render_person(p: Identity, size: tuple[int, int], rng: np.random.Generator) 
         d.rectangle([hx - unit * 0.018, hy - unit * 0.06, hx + unit * 0.018, hy + unit * 0.02], fill=(120, 200, 230))
     elif p.obj == "book":
         d.rectangle([hx - unit * 0.04, hy - unit * 0.03, hx + unit * 0.04, hy + unit * 0.05], fill=(150, 40, 40))
-    # neck, head, hair, hat
-    d.rectangle([cx - head_r * 0.35, neck_y - head_r * 0.2, cx + head_r * 0.35, shoulder_y], fill=skin)
+
+
+def _draw_head(d: ImageDraw.ImageDraw, b: _Body) -> None:
+    """Neck, head, hair and hat."""
+    p, cx, head_r, head_c, hair, skin = b.p, b.cx, b.head_r, b.head_c, b.hair, b.skin
+    d.rectangle([cx - head_r * 0.35, b.neck_y - head_r * 0.2, cx + head_r * 0.35, b.shoulder_y], fill=skin)
     d.ellipse([head_c[0] - head_r, head_c[1] - head_r, head_c[0] + head_r, head_c[1] + head_r], fill=skin)
     if p.hair_style == "curly":
         for k in range(7):
@@ -180,18 +235,25 @@ def render_person(p: Identity, size: tuple[int, int], rng: np.random.Generator) 
         d.chord([head_c[0] - head_r, head_c[1] - head_r, head_c[0] + head_r, head_c[1] + head_r * 0.5], 180, 360, fill=hair)
     if p.hair_style == "ponytail":
         d.ellipse([cx + head_r * 0.7, head_c[1] - head_r * 0.2, cx + head_r * 1.4, head_c[1] + head_r * 1.3], fill=hair)
-    if p.hat != "none":
-        hat = COLOURS[p.hat_colour][0]
-        hx0, hy0 = head_c[0] - head_r, head_c[1] - head_r
-        if p.hat == "cap":
-            d.chord([hx0, hy0 - head_r * 0.2, hx0 + 2 * head_r, hy0 + head_r * 1.2], 180, 360, fill=hat)
-            d.rectangle([cx, hy0 + head_r * 0.35, cx + head_r * 1.6, hy0 + head_r * 0.55], fill=hat)
-        elif p.hat == "beanie":
-            d.rounded_rectangle([hx0 - head_r * 0.05, hy0 - head_r * 0.3, hx0 + 2.1 * head_r, hy0 + head_r * 0.7],
-                                radius=head_r * 0.5, fill=hat)
-        else:
-            d.ellipse([cx - head_r * 1.9, hy0 + head_r * 0.2, cx + head_r * 1.9, hy0 + head_r * 0.7], fill=hat)
-            d.chord([hx0 + head_r * 0.2, hy0 - head_r * 0.4, hx0 + 1.8 * head_r, hy0 + head_r * 1.0], 180, 360, fill=hat)
+    if p.hat == "none":
+        return
+    hat = COLOURS[p.hat_colour][0]
+    hx0, hy0 = head_c[0] - head_r, head_c[1] - head_r
+    if p.hat == "cap":
+        d.chord([hx0, hy0 - head_r * 0.2, hx0 + 2 * head_r, hy0 + head_r * 1.2], 180, 360, fill=hat)
+        d.rectangle([cx, hy0 + head_r * 0.35, cx + head_r * 1.6, hy0 + head_r * 0.55], fill=hat)
+    elif p.hat == "beanie":
+        d.rounded_rectangle([hx0 - head_r * 0.05, hy0 - head_r * 0.3, hx0 + 2.1 * head_r, hy0 + head_r * 0.7],
+                            radius=head_r * 0.5, fill=hat)
+    else:
+        d.ellipse([cx - head_r * 1.9, hy0 + head_r * 0.2, cx + head_r * 1.9, hy0 + head_r * 0.7], fill=hat)
+        d.chord([hx0 + head_r * 0.2, hy0 - head_r * 0.4, hx0 + 1.8 * head_r, hy0 + head_r * 1.0], 180, 360, fill=hat)
+
+
+def _camera(img: Image.Image, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """Per-image changes after the person is drawn: mirroring, an occluder, brightness, blur, downsampling."""
+    w, h = img.size
+    d = ImageDraw.Draw(img)
     if rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         d = ImageDraw.Draw(img)
@@ -204,3 +266,29 @@ def render_person(p: Identity, size: tuple[int, int], rng: np.random.Generator) 
     img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.6, 1.35))
     img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 1.0)))
     return img.resize(size, Image.Resampling.LANCZOS)
+
+
+def render_person(p: Identity, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """One view (``size`` = (width, height)) of person ``p``; ``rng`` decides the scene and pose."""
+    w, h = size[0] * SUPERSAMPLE, size[1] * SUPERSAMPLE
+    img = _background((w, h), rng)
+    d = ImageDraw.Draw(img)
+    unit = h * rng.uniform(0.72, 0.95)
+    cx = w / 2 + rng.uniform(-0.15, 0.15) * w
+    top = rng.uniform(0.02, 1.0) * (h - unit) if h > unit else 0.0
+    body = _Body(p, unit, cx, top)
+    _draw_back(d, body, rng)
+    _draw_legs(d, body, rng)
+    _draw_torso(d, body)
+    _draw_arms(d, body, rng)
+    _draw_head(d, body)
+    return _camera(img, size, rng)
+
+
+def render_to_file(job: tuple[int, int, int, Identity, tuple[int, int], str]) -> None:
+    """Render image ``k`` of person ``pid`` (seeded by ``seed``, ``pid`` and ``k``) and save it as PNG at ``path``.
+
+    A top-level function of this light module so that rendering processes import only it.
+    """
+    seed, pid, k, ident, size, path = job
+    render_person(ident, size, np.random.default_rng([seed, 1, pid, k])).save(path, format="PNG")
