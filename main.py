@@ -63,21 +63,26 @@ def resolve_config(args: argparse.Namespace):
 
 
 def check(cfg: Config, need_train: bool) -> int:
-    """``--check``: everything the run would load, validated; the config and per-split counts printed."""
+    """``--check``: everything the run would load, validated; the run card, the config and
+    per-split counts printed."""
+    import torch
+
+    from data.audit import audit, format_audit
     from data.check import check_data, format_summary
     from engine.eval_memory import report as memory_report
+    from engine.run_card import build_card, probe, to_markdown
+    from engine.step import check_compile
     from utils.config import check_paths
 
     check_paths(cfg, need_train=need_train)
+    device = "cuda" if str(cfg.device) != "cpu" and torch.cuda.is_available() else "cpu"
     if need_train:
-        import torch
-
-        from engine.step import check_compile
-
-        check_compile(cfg, "cuda" if str(cfg.device) != "cpu" and torch.cuda.is_available() else "cpu")
+        check_compile(cfg, device)
     summary = check_data(cfg, need_train=need_train)
+    print(to_markdown(build_card(cfg, int(os.environ.get("WORLD_SIZE", "1")), device, summary, probe(cfg))))
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
     print(format_summary(summary))
+    print(format_audit(audit(cfg, [(r.split, r.lang) for r in summary])))  # warnings only, never fatal
     print(memory_report(cfg))
     print(f"config OK: {cfg.source}")
     return 0
@@ -97,10 +102,13 @@ def run(args: argparse.Namespace) -> int:
     from engine.train import Trainer
 
     trainer = Trainer(cfg, info)
-    if args.eval_only:
-        trainer.evaluate_checkpoint(args.resume)
-    else:
-        trainer.train(resume=args.resume)
+    try:
+        if args.eval_only:
+            trainer.evaluate_checkpoint(args.resume)
+        else:
+            trainer.train(resume=args.resume)
+    finally:
+        trainer.log.close()  # flushes the TensorBoard events, also of a failed run
     return 0
 
 

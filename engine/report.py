@@ -2,9 +2,10 @@
 
 ``write_reports`` writes, each atomically (temporary file, then ``os.replace``):
 
-* ``report.md``: per language a metrics table (formatted from the very dict that goes to
-  metrics.json), its CMC values and the example queries with their top-5 as text; when the
-  top k > 1 was re-ranked, ITC against the ITM re-ranking on the queries re-ranking decides;
+* ``report.md``: under its title the run card's summary (engine/run_card.py), then per
+  language a metrics table (formatted from the very dict that goes to metrics.json), its
+  CMC values and the example queries with their top-5 as text; when the top k > 1 was
+  re-ranked, ITC against the ITM re-ranking on the queries re-ranking decides;
 * ``cmc.png`` and ``examples.png``: the pictures of engine/figures.py.
 
 The reference levels table is engine/reference_levels.py.
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.figures import (
     CELL_H, CELL_W, CMC_RANKS, CMC_SIZE, EXAMPLES_TOP, EXAMPLES_W, GAP, LINE_H, PAD, draw_cell, draw_cmc,
     draw_examples, draw_text, drawable, font_for, pick_examples, save_png, wrap)
 from engine.reference_levels import SUMMARY_METRICS, read_levels, reference_table
+from engine.run_card import report_summary
 from utils.checkpoint import atomic_write
 from utils.metrics import cmc_curve
 
@@ -43,9 +45,11 @@ def summary_table(results: dict[str, EvalResult], notes: dict[str, dict[str, str
 
 
 def markdown(results: dict[str, EvalResult], sets: dict[str, EvalData], split: str,
-             notes: dict[str, dict[str, str]] | None = None, levels: dict[str, dict[str, float]] | None = None) -> str:
-    """report.md's text: summary, reference levels and re-ranking tables, then one section per language."""
-    lines = [f"# Evaluation report ({split} split)", "",
+             notes: dict[str, dict[str, str]] | None = None, levels: dict[str, dict[str, float]] | None = None,
+             card: dict[str, Any] | None = None) -> str:
+    """report.md's text: the run card's summary (when given), summary, reference levels and
+    re-ranking tables, then one section per language."""
+    lines = [f"# Evaluation report ({split} split)", "", *(report_summary(card) if card else []),
              "Metrics in percent over the queries that have a match in the gallery; "
              "the same numbers as metrics.json.", "", *summary_table(results, notes), "",
              "Reference levels:", "", *reference_table(results, sets, levels), "", *rerank_pairs_table(results),
@@ -93,13 +97,16 @@ def rerank_pairs_table(results: dict[str, EvalResult]) -> list[str]:
 
 
 def write_reports(out: Path, results: dict[str, EvalResult], sets: dict[str, EvalData], split: str,
-                  notes: dict[str, dict[str, str]] | None = None, reference_dir: str | None = None) -> None:
+                  notes: dict[str, dict[str, str]] | None = None, reference_dir: str | None = None,
+                  card: dict[str, Any] | None = None) -> None:
     """report.md, cmc.png and examples.png in ``out`` for one evaluation (results and sets per
     language, any number of languages); ``notes`` per language (same keys for each: e.g.
     role, projection, checkpoint) become columns of report.md's summary table; ``reference_dir``
-    (the annotation folder) may hold the reference levels of ``reference_table``."""
+    (the annotation folder) may hold the reference levels of ``reference_table``; ``card`` (the
+    run card, engine/run_card.py) is summarised under the title, so the numbers come with how
+    the batch was formed and how the run differs from the published setup."""
     out = Path(out)
-    text = markdown(results, sets, split, notes, read_levels(reference_dir, split))
+    text = markdown(results, sets, split, notes, read_levels(reference_dir, split), card)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     draw_cmc(results, out / "cmc.png", split)
     save_png(draw_examples(results, sets), out / "examples.png")

@@ -1,10 +1,10 @@
 """Training loop: DDP over torchrun, AMP on CUDA, per-epoch evaluation, exact resume.
 
 Outputs under ``model.saved_path``: ``config.yaml`` (resolved config), ``log.jsonl``
-(logged steps and evaluations), ``checkpoint_last.pth`` (full training state, written
-atomically after every epoch and, with ``schedule.save_every_steps`` N > 0, every N
-steps), ``best_<lang>.pth`` (weights of the best epoch per language) and
-``metrics.json`` (test metrics per language).
+(logged steps and evaluations; mirrored to ``tb/`` with ``log.tensorboard``),
+``checkpoint_last.pth`` (full training state, written atomically after every epoch
+and, with ``schedule.save_every_steps`` N > 0, every N steps), ``best_<lang>.pth``
+(weights of the best epoch per language) and ``metrics.json`` (test metrics per language).
 
 ``Trainer.train`` only sequences the parts, each a short method with one job (as
 OpenCLIP splits ``train_one_epoch`` / ``evaluate``): :meth:`Trainer.train_one_epoch`
@@ -31,6 +31,7 @@ from data.loader import build_eval_data, build_train_loader
 from engine.amp import eval_dtype
 from engine.evaluate import EvalResult, evaluate
 from engine.report import write_reports
+from engine.run_card import run_rows, write_card
 from engine.step import build_train_step
 from model import build_model, build_tokenizer, load_finetuned
 from utils.checkpoint import (CheckpointError, atomic_write, checkpoint_dict, get_rng_state, read_checkpoint,
@@ -39,6 +40,7 @@ from utils.config import Config, query_languages, save_config, uses_tl_proj
 from utils.distributed import DistInfo, all_gather_object, all_reduce_mean, barrier
 from utils.errors import TrainingError
 from utils.logging import JsonlLog, format_table, info
+from utils.tensorboard import TensorBoardLog
 
 
 def languages(cfg: Config) -> list[tuple[str, bool]]:
@@ -116,11 +118,12 @@ class Trainer:
     def __init__(self, cfg: Config, dist: DistInfo):
         self.cfg, self.dist, self.device = cfg, dist, dist.device
         self.out = Path(cfg.model.saved_path)
-        self.log = JsonlLog(self.out / "log.jsonl")
+        self.log = JsonlLog(self.out / "log.jsonl", TensorBoardLog(self.out / "tb") if cfg.log.tensorboard else None)
         set_deterministic(cfg.misc.deterministic)
         torch.manual_seed(cfg.misc.seed + dist.rank)  # seeds the CPU and every CUDA generator
         self.loader = None
         self.num_ids = 0
+        self.card: dict[str, Any] | None = None  # the run card (rank 0), summarised atop report.md
 
     def setup_model(self, for_training: bool) -> None:
         """Tokenizer, then (for training) the loader, whose identity count sizes the ID head, then the model."""
@@ -152,7 +155,7 @@ class Trainer:
                         "checkpoint": checkpoints[lang]} for lang in results}
         if self.dist.is_main:
             atomic_write(self.out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
-            write_reports(self.out, results, sets, split, notes, reference_dir=cfg.anno_dir)
+            write_reports(self.out, results, sets, split, notes, reference_dir=cfg.anno_dir, card=self.card)
             print(f"{split} results ({cfg.model.saved_path}):")
             print(format_table(metrics), flush=True)
         self.log.write("final", split=split, metrics=metrics, languages=notes)
@@ -164,8 +167,17 @@ class Trainer:
         self.setup_model(for_training=False)
         load_model_weights(self.model, path, ckpt)
         sets = self.eval_sets("test")
+        if self.dist.is_main:
+            self.write_card(sets, "test", weights=path)
         return self.finish(evaluate_languages(self.model, self.cfg, sets, self.device), sets, "test",
                            {lang: Path(path).name for lang in sets})
+
+    def write_card(self, sets: dict[str, Any], split: str, weights: str | None = None) -> None:
+        """run_card.md / run_card.json (rank 0, once every input has loaded), so a run's numbers
+        can be traced to its batch formation, precision, code, data and checkpoint."""
+        rows = run_rows(self.cfg, self.loader.dataset if self.loader is not None else None, sets, split)
+        self.card = write_card(self.out, self.cfg, self.dist.world_size, self.device.type, rows,
+                               getattr(self.model, "load_report", None), weights)
 
     # ------------------------------------------------------------------ training
     def train(self, resume: str | None = None) -> dict[str, dict[str, float]]:
@@ -177,6 +189,7 @@ class Trainer:
         sets = self.eval_sets(split)
         if self.dist.is_main:  # only now that every input has loaded, so a bad input leaves nothing behind
             save_config(self.cfg, self.out / "config.yaml")
+            self.write_card(sets, split)
         for epoch in range(self.pos.epoch, self.cfg.schedule.epoch):
             self.train_one_epoch(epoch, rng)
             rng = None
@@ -269,7 +282,7 @@ class Trainer:
                        **({"itc_metrics": itc} if itc else {}))
         info(f"epoch {epoch + 1} {split}:\n{format_table(metrics)}")
         if self.dist.is_main:
-            write_reports(self.out, results, sets, split, reference_dir=self.cfg.anno_dir)
+            write_reports(self.out, results, sets, split, reference_dir=self.cfg.anno_dir, card=self.card)
         improved = self.update_best(metrics, epoch)
         self.pos.epoch, self.pos.batch = epoch + 1, 0
         state = model_state(self.model)

@@ -32,8 +32,9 @@ def build_model(cfg: Config, num_ids: int = 0,
     if len(tokenizer) > vocab:
         raise ConfigError(f"{cfg.source}: key 'text_encoder': tokenizer has {len(tokenizer)} tokens but "
                           f"config.json's vocab_size is {vocab}")
+    model.load_report = None  # what the pretrained load did, for the run card (engine/run_card.py)
     if cfg.model.resume:
-        load_pretrained(model, cfg.model.resume)
+        model.load_report = load_pretrained(model, cfg.model.resume)
     else:
         log.info("model.resume is empty: no pretrained checkpoint loaded")
     return model, tokenizer

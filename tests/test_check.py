@@ -41,7 +41,7 @@ def test_no_config_argument_checks_config_yaml_of_a_copied_repository(tiny_data,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.rstrip().endswith("config OK: config/config.yaml")
-    printed = yaml.safe_load(r.stdout.split("\nsplit ")[0])
+    printed = yaml.safe_load(r.stdout[r.stdout.index("\ndevice: "):].split("\nsplit ")[0])  # after the run card
     assert printed["anno_dir"] == str(tiny_data / "annos") and printed["data"]["batch_size"] == 32
     # 12 train / 4 val / 6 test identities x 3 images x 2 captions (tests/engine_fixtures.py)
     assert re.search(r"^train\s+en\s+36\s+12\s+72$", r.stdout, re.M), r.stdout

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from utils.distributed import is_main_process
 
@@ -17,15 +17,26 @@ def info(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+class ScalarSink(Protocol):
+    """Where :class:`JsonlLog` mirrors its records (see utils.tensorboard)."""
+
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class JsonlLog:
     """Append-only JSON-lines log; every record gets a ``kind`` and a wall-clock ``time``.
 
     Only the main process writes. Each line is flushed, so a killed run keeps its log.
+    ``scalars`` (e.g. utils.tensorboard.TensorBoardLog) also receives every record, so all
+    logging keeps one entry point.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, scalars: ScalarSink | None = None):
         self.path = Path(path)
         self.enabled = is_main_process()
+        self.scalars = scalars
 
     def write(self, kind: str, **fields: Any) -> None:
         if not self.enabled:
@@ -34,6 +45,13 @@ class JsonlLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if self.scalars is not None:
+            self.scalars.write(record)
+
+    def close(self) -> None:
+        """Close the scalar sink (the JSON-lines file is closed after every record)."""
+        if self.scalars is not None:
+            self.scalars.close()
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

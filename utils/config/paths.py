@@ -10,6 +10,7 @@ from utils.config.languages import query_languages
 from utils.config.report import ConfigError
 from utils.config.schema import Config
 from utils.config.vision_json import load_vision_json
+from utils.tensorboard import TENSORBOARD_PIN, tensorboard_missing
 
 TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model")  # as model.text.TOKENIZER_FILES
 
@@ -56,7 +57,8 @@ def check_paths(cfg: Config, need_train: bool = True) -> None:
 
     Annotation files: train for the source and the target language (when training), test
     for every evaluated language (``query_languages``). A language code with no file in
-    ``anno_dir`` at all is reported against the key that names it.
+    ``anno_dir`` at all is reported against the key that names it. ``log.tensorboard``
+    needs its optional package (a run checks here, before any training time is spent).
     """
     if not os.path.isdir(cfg.anno_dir):
         _missing(cfg, "anno_dir", cfg.anno_dir, "annotation folder")
@@ -67,3 +69,6 @@ def check_paths(cfg: Config, need_train: bool = True) -> None:
     load_vision_json(cfg.vision_config, cfg.experiment.input_resolution)
     if cfg.model.resume and not os.path.isfile(cfg.model.resume):
         _missing(cfg, "model.resume", cfg.model.resume, "checkpoint")
+    if cfg.log.tensorboard and tensorboard_missing():
+        raise ConfigError(f"{cfg.source}: key 'log.tensorboard' is true but the tensorboard package is not "
+                          f"installed: pip install {TENSORBOARD_PIN}")

@@ -177,6 +177,7 @@ class Id:
 @dataclass
 class Log:
     print_period: int = 50
+    tensorboard: bool = False  # also write every logged scalar to model.saved_path/tb/ (needs the tensorboard package)
 
     def validate(self, check: Check) -> None:
         check(self.print_period > 0, "log.print_period", f"must be positive, got {self.print_period}")
