@@ -141,7 +141,8 @@ def apply_rerank(order: torch.Tensor, k: int, itm_scores: torch.Tensor) -> torch
 @torch.no_grad()
 def evaluate(model, data, *, target: bool, k_test: int, batch_size: int, num_workers: int = 0,
              device: torch.device = torch.device("cpu"), rerank: bool = True, chunk: int = 256,
-             kv_budget: int | None = None, dtype: torch.dtype | None = None, score: str = "logit") -> EvalResult:
+             kv_budget: int | None = None, dtype: torch.dtype | None = None, score: str = "logit",
+             gallery: tuple[torch.Tensor, torch.Tensor] | None = None) -> EvalResult:
     """Rank-1/5/10, mAP and mINP of one language's queries against the gallery.
 
     ``dtype``: the autocast dtype of evaluation (None: fp32; ``engine.amp.eval_dtype``);
@@ -150,9 +151,12 @@ def evaluate(model, data, *, target: bool, k_test: int, batch_size: int, num_wor
     ``chunk`` queries share one similarity block; ``batch_size`` is the encoder batch and
     the number of (caption, image) pairs per re-ranking batch; ``kv_budget`` bounds the
     re-ranker's cached image keys/values in bytes (default: ``engine.rerank.default_kv_budget``).
+    ``gallery``: the (embeddings, features) :func:`encode_gallery` gave for this gallery with the same
+    model and ``dtype``, so that languages sharing one gallery encode it once (engine/transfer.py).
     """
     model.eval()
-    g_embeds, g_feats = encode_gallery(model, data, batch_size, num_workers, device, dtype)
+    g_embeds, g_feats = (encode_gallery(model, data, batch_size, num_workers, device, dtype) if gallery is None
+                         else gallery)
     g_pids = data.gallery_pids.to(device)
     q_idx = shard(len(data.query_pids), get_rank(), get_world_size())
     q_ids, q_mask = data.query_ids[q_idx.start:q_idx.stop], data.query_mask[q_idx.start:q_idx.stop]

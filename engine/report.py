@@ -16,9 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.figures import (
-    CELL_H, CELL_W, CMC_RANKS, CMC_SIZE, EXAMPLES_TOP, EXAMPLES_W, GAP, LINE_H, PAD, draw_cell, draw_cmc,
-    draw_examples, draw_text, drawable, font_for, pick_examples, save_png, wrap)
+from engine.figures import CMC_RANKS, EXAMPLES_TOP, draw_cmc, draw_examples, pick_examples, save_png
 from engine.reference_levels import SUMMARY_METRICS, read_levels, reference_table
 from engine.run_card import report_summary
 from utils.checkpoint import atomic_write
@@ -112,5 +110,4 @@ def write_reports(out: Path, results: dict[str, EvalResult], sets: dict[str, Eva
     save_png(draw_examples(results, sets), out / "examples.png")
 
 
-__all__ = ["write_reports", "draw_cell", "draw_text", "drawable", "font_for", "pick_examples", "save_png",
-           "wrap", "CELL_W", "CELL_H", "GAP", "PAD", "LINE_H", "EXAMPLES_W", "CMC_SIZE"]
+__all__ = ["markdown", "write_reports"]

@@ -23,7 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from data.check import SplitSummary
+from engine.amp import eval_dtype, train_dtype
 from utils.checkpoint import atomic_write
 from utils.config import Config
 
@@ -176,9 +179,10 @@ def batch_facts(cfg: Config, world_size: int) -> dict[str, Any]:
 
 def precision_facts(cfg: Config, device: str) -> dict[str, Any]:
     """Training and evaluation precision as engine.amp decides them on ``device``."""
-    applies = cfg.schedule.amp != "fp32" and (device == "cuda" or cfg.schedule.cpu_amp)
+    dev = torch.device(device)
+    applies = train_dtype(cfg, dev) is not None  # the very rule training uses
     train = cfg.schedule.amp if applies else "fp32"
-    evaluation = train if cfg.model.eval_amp else "fp32"
+    evaluation = train if eval_dtype(cfg, dev) is not None else "fp32"
     label = PRECISION_LABEL[train] + (" + GradScaler" if train == "fp16" else "")
     if not applies and cfg.schedule.amp != "fp32":
         label += f" (schedule.amp {cfg.schedule.amp} applies on CUDA or with schedule.cpu_amp)"

@@ -151,6 +151,11 @@ class TrainStep:
         micros = split_micro(batch, self.v)
         counts = mlm_counts(micros) if self.v > 1 else None
         grads, logged, overflow = self.contrast_grads(micros, step)
+        bad = check_finite(logged) if logged else None
+        if bad is None and overflow and not self.scaler.is_enabled():
+            bad = "itc"  # a non-finite contrastive gradient with no loss scaling to absorb it
+        if bad is not None:
+            return StepResult(logged, bad)
         totals: dict[str, torch.Tensor] = {}
         for v, micro in enumerate(micros):
             seed_step(self.cfg.misc.seed, step, self.process(v))
@@ -202,6 +207,10 @@ def check_compile(cfg: Config, device_type: str, backend: str = "inductor") -> N
     if not cfg.model.compile:
         return
     where = f"{cfg.source}: key 'model.compile' is true but"
+    if cfg.distributed.virtual_processes > 1:  # the gradient cache needs both passes to draw the same dropout
+        raise ConfigError(f"{where} distributed.virtual_processes is {cfg.distributed.virtual_processes}: compiled "
+                          "graphs need not draw the no-grad feature pass's dropout in the training pass, which the "
+                          "gradient cache relies on; set one of them off")
     if not torch._dynamo.is_dynamo_supported():
         raise ConfigError(f"{where} torch.compile does not support this Python ({sys.version.split()[0]}); "
                           "set model.compile=false")

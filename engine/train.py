@@ -330,7 +330,10 @@ class Trainer:
                                   "resume with the same data.batch_size and number of processes")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"] or not self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        else:  # saved without loss scaling (fp32, bf16 or CPU), resumed with fp16
+            info(f"{path} was saved without fp16 loss scaling: the GradScaler starts from its initial scale")
         self.pos, self.best, self.skipped = pos, ckpt["best"], ckpt.get("skipped", 0)
         states = ckpt["rng"]
         if len(states) != self.dist.world_size:

@@ -53,7 +53,8 @@ def resolve_architecture(cfg: Config, num_ids: int = 0) -> Architecture:
         raise ConfigError(f"{cfg.source}: vision_width {width} of {cfg.vision_config} must equal the text "
                           f"encoder's hidden_size {text.hidden_size} ({cfg.text_encoder}/config.json)")
     if cfg.id.use_id and num_ids <= 0:
-        raise ValueError("id.use_id needs the number of training identities (num_ids > 0)")
+        raise ConfigError(f"{cfg.source}: key 'id.use_id' is true but the number of training identities "
+                          "(num_ids, which sizes the ID head) is not known here")
     if vision["patch_size"] != cfg.patch_size:
         raise ConfigError(f"{cfg.source}: key 'patch_size' is {cfg.patch_size} but {cfg.vision_config} "
                           f"says patch_size {vision['patch_size']}; they must agree")

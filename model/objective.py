@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.config import Config
-from utils.distributed import all_gather_local_grad, all_gather_no_grad, get_world_size
+from utils.distributed import all_gather_local_grad, all_gather_no_grad, get_world_size, is_dist
 from .bi_irra import BiIRRA
 from .fusion import KV
 from .losses import cosine_distill_loss, itc_loss, masked_token_ce, sample_negatives, sdm_loss
@@ -108,8 +108,9 @@ class BiIRRALoss:
         of W x V processes (W V times that). ``loss_scale`` (fp16's GradScaler): the gradient
         is taken of the scaled losses under ``precision``, as a real process's backward is, so
         it overflows to inf exactly when a real process's would, and is unscaled afterwards. An
-        overflowed gradient is returned as zeros with the flag set: the caller must then make
-        the GradScaler skip the step, as the real processes' inf gradients would.
+        overflowed gradient is returned as zeros with the flag set, the same on every process
+        (DDP would have spread a real process's inf to all): the caller must then make the
+        GradScaler skip the step, as the real processes' inf gradients would.
         """
         local = [f.requires_grad_(True) for f in local]
         full = [all_gather_local_grad(f) for f in local]
@@ -117,7 +118,10 @@ class BiIRRALoss:
         with precision:
             values = self.contrastive(*full, all_gather_no_grad(pids), temp, use_gather=False)
         grads = torch.autograd.grad(sum(values.values()) * loss_scale, [*local, temp])
-        overflow = not all(bool(torch.isfinite(g).all()) for g in grads)
+        overflow = torch.tensor(float(not all(bool(torch.isfinite(g).all()) for g in grads)), device=pids.device)
+        if is_dist():
+            torch.distributed.all_reduce(overflow, op=torch.distributed.ReduceOp.MAX)
+        overflow = bool(overflow)
         grads = [torch.zeros_like(g) if overflow else g / loss_scale for g in grads]
         scale = float(get_world_size() * parts) if self.cfg.model.gather_with_grad else 1.0
         size = local[0].shape[0] // parts

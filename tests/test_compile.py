@@ -48,6 +48,9 @@ def test_impossible_compilation_is_one_line(tiny_text_dir, tmp_path, monkeypatch
     with pytest.raises(ConfigError, match=r"key 'model.compile' is true but no C\+\+ compiler \(/nonexistent/c\+\+\)"):
         check_compile(cfg, "cpu")
     check_compile(cfg, "cuda")  # inductor generates Triton code there, not C++
+    virtual = tiny_config(tiny_text_dir, tmp_path, "model.compile=true", "distributed.virtual_processes=2")
+    with pytest.raises(ConfigError, match="distributed.virtual_processes is 2: compiled graphs"):
+        check_compile(virtual, "cuda")
     monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
     with pytest.raises(ConfigError, match="torch.compile does not support this Python"):
         check_compile(cfg, "cuda")

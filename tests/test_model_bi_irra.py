@@ -301,5 +301,5 @@ def test_vision_width_must_equal_text_hidden(tiny_text_dir, tmp_path) -> None:
 
 
 def test_id_loss_needs_num_ids(tiny_text_dir, tmp_path) -> None:
-    with pytest.raises(ValueError, match="num_ids"):
+    with pytest.raises(ConfigError, match="key 'id.use_id' is true but the number of training identities"):
         BiIRRA.from_config(tiny_config(tiny_text_dir, tmp_path, "id.use_id=true"))

@@ -276,3 +276,15 @@ def test_conversion_prints_the_data_audit(tmp_path, capsys):
     assert "warning: same caption, different people: 1 (test/en 1)" in out
     assert "warning: empty or one-word captions: 1 (test/en 1)" in out
     assert (tmp_path / "annos" / "test_reid_en.json").is_file()
+
+
+def test_split_files_of_an_earlier_conversion_are_reported(tmp_path, capsys):
+    """ICFG-PEDES has no val split: a val file left in --out by an earlier conversion would still
+    select the checkpoints, so the conversion says so (and leaves it alone)."""
+    (tmp_path / "annos").mkdir()
+    (tmp_path / "annos" / "val_reid_en.json").write_text("[]")
+    raw = write_json(tmp_path / "ICFG-PEDES.json", _icfg_like())
+    assert main(["--raw", str(raw), "--out", str(tmp_path / "annos")]) == 0
+    out = capsys.readouterr().out
+    assert "also holds val_reid_en.json from before" in out
+    assert (tmp_path / "annos" / "val_reid_en.json").read_text() == "[]"

@@ -137,6 +137,21 @@ def test_fp16_with_loss_scaling_resumes_inside_an_epoch_exactly(tiny_data, tmp_p
 
 
 @pytest.mark.slow
+def test_fp32_checkpoint_resumes_under_fp16(tiny_data, tmp_path):
+    """A checkpoint written without loss scaling (its GradScaler state is empty) continues under
+    fp16 (schedule.cpu_amp) from the scaler's initial scale, with one line saying so."""
+    cfg = config(tiny_data, tmp_path / "run", "cpu", schedule={"epoch": 1})
+    r = run_main("--config", str(cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert load_safe(tmp_path / "run" / "checkpoint_last.pth")["scaler"] == {}
+    r = run_main("--config", str(cfg), "--resume", str(tmp_path / "run" / "checkpoint_last.pth"),
+                 "schedule.epoch=2", "schedule.amp=fp16", "schedule.cpu_amp=true")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "saved without fp16 loss scaling" in r.stderr
+    assert load_safe(tmp_path / "run" / "checkpoint_last.pth")["scaler"]["scale"] <= 2.0 ** 16
+
+
+@pytest.mark.slow
 def test_mid_epoch_resume_refuses_another_batch_geometry(tiny_data, tmp_path, capsys):
     cut = tmp_path / "cut"
     cfg = config(tiny_data, cut, "cpu", schedule={"save_every_steps": 1, "epoch": 1})

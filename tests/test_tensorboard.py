@@ -35,20 +35,23 @@ def test_record_tags():
              "languages": {"ch": {"role": "target", "checkpoint": "best_ch.pth"}}}
     assert record_scalars(final, 0) == {"test/ch/R1": 3.0}
     skip = {"kind": "skip", "step": 9, "epoch": 1, "term": "grad_overflow", "scale": 512.0}
-    assert record_scalars(skip, 2) == {"train/skipped": 2.0, "train/loss_scale": 512.0}
+    assert record_scalars(skip, 2) == {"train/overflow_skipped": 2.0, "train/loss_scale": 512.0}
+    assert record_scalars({**skip, "term": "mlm", "scale": None}, 1) == {"train/skipped": 1.0}
 
 
 def test_sink_counts_skips_and_draws_final_at_last_step(tmp_path):
     log = JsonlLog(tmp_path / "log.jsonl", TensorBoardLog(tmp_path / "tb"))
     log.write("step", epoch=1, step=1, itc=1.5)
     log.write("skip", step=2, epoch=1, term="itc")
+    log.write("skip", step=4, epoch=1, term="grad_overflow", scale=128.0)
     log.write("skip", step=5, epoch=1, term="itc")
     log.write("eval", epoch=1, step=6, split="val", metrics={"en": {"R1": 25.0}})
     log.write("final", split="test", metrics={"en": {"R1": 12.5}}, languages={})
     log.close()
     got = scalars(tmp_path / "tb")
     assert got["train/itc"] == {1: 1.5}
-    assert got["train/skipped"] == {2: 1.0, 5: 2.0}
+    assert got["train/skipped"] == {2: 1.0, 5: 2.0}  # overflow skips are counted apart
+    assert got["train/overflow_skipped"] == {4: 1.0} and got["train/loss_scale"] == {4: 128.0}
     assert got["eval/val/en/R1"] == {6: 25.0}
     assert got["test/en/R1"] == {6: 12.5}
 

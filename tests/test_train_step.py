@@ -66,3 +66,26 @@ def test_non_finite_term_updates_nothing(tiny_text_dir, tmp_path, monkeypatch) -
     lr = step.scheduler.get_last_lr()
     step.skip()
     assert step.scheduler.get_last_lr() != lr and all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
+@pytest.mark.parametrize("amp", ["fp32", "fp16"])
+def test_virtual_contrastive_overflow(tiny_text_dir, tmp_path, monkeypatch, amp) -> None:
+    """V = 2: an overflowed contrastive gradient makes fp16's GradScaler skip the step (weights
+    unchanged, scale halved); without loss scaling it is a non-finite term that stops the step."""
+    cfg = tiny_config(tiny_text_dir, tmp_path, "distributed.virtual_processes=2", f"schedule.amp={amp}",
+                      "schedule.cpu_amp=true")
+    torch.manual_seed(0)
+    model = BiIRRA.from_config(cfg).eval()
+    batch = make_batch(cfg, build_tokenizer(str(tiny_text_dir)), [0, 1, 1, 2])
+    step = build_train_step(cfg, model, torch.device("cpu"), steps_per_epoch=4)
+    real = BiIRRALoss.contrast_grads
+    monkeypatch.setattr(BiIRRALoss, "contrast_grads", lambda *a, **kw: (*real(*a, **kw)[:2], True))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scale = step.scaler.get_scale() if step.scaler.is_enabled() else None
+    result = step(batch, 0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    if amp == "fp16":
+        assert result.bad is None and result.overflow and step.scaler.get_scale() == scale / 2
+    else:
+        assert result.bad == "itc"

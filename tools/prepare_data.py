@@ -103,6 +103,10 @@ def report(converted: Converted, language: str, dropped: int, out_dir: Path, ima
     if dropped:
         print(f"dropped {dropped} empty caption(s)")
     print(f"wrote {', '.join(next(iter(converted.values())))} files to {out_dir}")
+    stale = sorted(p.name for split in SPLITS if split not in converted for p in out_dir.glob(f"{split}_reid_*.json"))
+    if stale:  # e.g. a val file of an earlier conversion would still select the checkpoints
+        print(f"warning: {out_dir} also holds {', '.join(stale)} from before, which this input has no split for; "
+              "training will read them: remove them if they are not yours")
     if image_dir is None:
         return
     missing = [fp for by_lang in converted.values() for fp in missing_images(by_lang[language], image_dir)]

@@ -37,13 +37,21 @@ def flatten(prefix: str, value: Any) -> dict[str, float]:
     return {}
 
 
+def skip_tag(record: dict[str, Any]) -> str:
+    """fp16 loss-scale overflows (routine: the GradScaler finding its scale) apart from steps
+    skipped for a non-finite loss (``schedule.skip_nonfinite``)."""
+    return "train/overflow_skipped" if record.get("term") == "grad_overflow" else "train/skipped"
+
+
 def record_scalars(record: dict[str, Any], skipped: int) -> dict[str, float]:
-    """The tags and values of one log record; ``skipped``: skip records seen so far, this one included.
+    """The tags and values of one log record; ``skipped``: skip records of its kind (see
+    :func:`skip_tag`) seen by this process so far, this one included.
 
     ``step`` -> ``train/<field>``; ``eval`` -> ``eval/<split>/<lang>/<metric>`` (other
     nested fields, e.g. ``itc_metrics``, keep their name after the split); ``final`` ->
-    ``<split>/<lang>/<metric>``; ``skip`` -> ``train/skipped`` (running count) and
-    ``train/loss_scale`` when the record has one; any other kind -> ``<kind>/<field>``.
+    ``<split>/<lang>/<metric>``; ``skip`` -> ``train/skipped`` or ``train/overflow_skipped``
+    (running count) and ``train/loss_scale`` when the record has one; any other kind ->
+    ``<kind>/<field>``.
     """
     kind = record.get("kind", "")
     fields = {k: v for k, v in record.items() if k not in ("kind", *NOT_SCALARS)}
@@ -51,7 +59,7 @@ def record_scalars(record: dict[str, Any], skipped: int) -> dict[str, float]:
         return flatten("train", fields)
     if kind == "skip":
         scale = fields.get("scale")
-        return {"train/skipped": float(skipped), **({"train/loss_scale": float(scale)} if scale is not None else {})}
+        return {skip_tag(record): float(skipped), **({"train/loss_scale": float(scale)} if scale is not None else {})}
     if kind in ("eval", "final"):
         split = str(fields.pop("split", "unknown"))
         prefix = f"eval/{split}" if kind == "eval" else split
@@ -73,7 +81,7 @@ class TensorBoardLog:
         self.folder = Path(folder)
         self.enabled = is_main_process()
         self.writer: Any = None
-        self.skipped = 0
+        self.skipped: dict[str, int] = {}  # per skip_tag, counted by this process (from 0 after a resume)
         self.last_step = 0  # the final record has no step: it is drawn at the last one seen
 
     def write(self, record: dict[str, Any]) -> None:
@@ -84,11 +92,12 @@ class TensorBoardLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.folder))
+        count = 0
         if record.get("kind") == "skip":
-            self.skipped += 1
+            count = self.skipped[skip_tag(record)] = self.skipped.get(skip_tag(record), 0) + 1
         step = int(record.get("step", self.last_step))
         self.last_step = step
-        for tag, value in record_scalars(record, self.skipped).items():
+        for tag, value in record_scalars(record, count).items():
             self.writer.add_scalar(tag, value, global_step=step)
         self.writer.flush()
 

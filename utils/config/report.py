@@ -16,7 +16,7 @@ class ConfigError(InputError):
     """A configuration problem, reported as one line."""
 
 
-def _suggest(key: str, valid: typing.Iterable[str]) -> str:
+def did_you_mean(key: str, valid: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

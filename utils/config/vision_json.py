@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from utils.config.report import ConfigError, _suggest, note_ignored
+from utils.config.report import ConfigError, did_you_mean, note_ignored
 
 VISION_JSON_KEYS = {"vision_width": int, "patch_size": int, "depth": int, "num_heads": int,
                     "mlp_ratio": float, "drop_path_rate": float, "layer_scale_init": float, "ckpt": str, "image_res": int}
@@ -34,7 +34,7 @@ def load_vision_json(path: str, input_resolution: list[int] | None = None) -> di
                            "mlp_ratio": 4.0, "drop_path_rate": 0.1, "layer_scale_init": 1e-5}
     for key, value in raw.items():
         if key not in VISION_JSON_KEYS:
-            raise ConfigError(f"{path}: unknown key '{key}'{_suggest(key, VISION_JSON_KEYS)}")
+            raise ConfigError(f"{path}: unknown key '{key}'{did_you_mean(key, VISION_JSON_KEYS)}")
         want = VISION_JSON_KEYS[key]
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
