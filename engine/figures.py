@@ -50,6 +50,9 @@ TEXT_W = 300  # caption column of examples.png
 HEADER_H = 26  # language header of examples.png
 EXAMPLES_W = PAD + TEXT_W + EXAMPLES_TOP * (CELL_W + GAP) - GAP + PAD
 CMC_SIZE = (640, 400)
+# fonts-wqy-microhei and fonts-noto-cjk (Debian/Ubuntu), for systems without fc-list
+KNOWN_CJK_FONTS = ("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+                   "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc")
 
 GREEN, RED, GREY = (0, 160, 60), (220, 30, 30), (150, 150, 150)
 BACKGROUND, THUMB_BACKGROUND, INK = (255, 255, 255), (235, 235, 235), (20, 20, 20)
@@ -75,14 +78,17 @@ def latin_font_path() -> str:
 
 @functools.lru_cache(maxsize=None)
 def cjk_font_path() -> str | None:
-    """First installed font with Chinese glyphs (``fc-list :lang=zh``), or None."""
-    if shutil.which("fc-list") is None:
-        return None
-    try:
-        out = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    files = sorted(line.strip().rstrip(":") for line in out.splitlines() if line.strip())
+    """First installed font with Chinese glyphs (``fc-list :lang=zh``, else a known Debian path), or None."""
+    files: list[str] = []
+    if shutil.which("fc-list") is not None:
+        try:
+            out = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True,
+                                 timeout=10).stdout
+            files = sorted(line.strip().rstrip(":") for line in out.splitlines() if line.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    # without fontconfig (slim images) the Debian packages' files are still usable
+    files += [p for p in KNOWN_CJK_FONTS if Path(p).is_file()]
     return files[0] if files else None
 
 
@@ -134,29 +140,35 @@ def wrap(text: str, font: ImageFont.FreeTypeFont, width: int, max_lines: int) ->
 
 
 # ---------------------------------------------------------------------------- picture parts
-def thumbnail(path: str) -> Image.Image:
-    """The image fitted into THUMB_W x THUMB_H on a neutral background (a grey cross if unreadable)."""
-    cell = Image.new("RGB", (THUMB_W, THUMB_H), THUMB_BACKGROUND)
+def thumbnail(path: str, size: tuple[int, int] = (THUMB_W, THUMB_H)) -> Image.Image:
+    """The image scaled (up or down, aspect kept) to fit ``size`` on a neutral background
+    (a grey cross if unreadable), so small crops are still visible."""
+    w, h = size
+    cell = Image.new("RGB", size, THUMB_BACKGROUND)
     try:
         with Image.open(path) as img:
-            img.draft("RGB", (THUMB_W * 2, THUMB_H * 2))
-            fitted = ImageOps.contain(img.convert("RGB"), (THUMB_W, THUMB_H))
-        cell.paste(fitted, ((THUMB_W - fitted.width) // 2, (THUMB_H - fitted.height) // 2))
+            img.draft("RGB", (w * 2, h * 2))
+            fitted = ImageOps.contain(img.convert("RGB"), size, Image.Resampling.BICUBIC)
+        cell.paste(fitted, ((w - fitted.width) // 2, (h - fitted.height) // 2))
     except (OSError, ValueError):
         d = ImageDraw.Draw(cell)
-        d.line((0, 0, THUMB_W, THUMB_H), fill=GREY, width=2)
-        d.line((0, THUMB_H, THUMB_W, 0), fill=GREY, width=2)
+        d.line((0, 0, w, h), fill=GREY, width=2)
+        d.line((0, h, w, 0), fill=GREY, width=2)
     return cell
 
 
-def draw_cell(canvas: Image.Image, x: int, y: int, path: str, correct: bool | None, label: str) -> None:
-    """One result at (x, y): the image in a green/red (grey: unknown) frame, ``label`` below it."""
+def draw_cell(canvas: Image.Image, x: int, y: int, path: str, correct: bool | None, label: str,
+              thumb: tuple[int, int] = (THUMB_W, THUMB_H)) -> None:
+    """One result at (x, y): the image in a green/red (grey: unknown) frame, ``label`` below it
+    (one line per ``\n``, LINE_H apart)."""
     colour = GREY if correct is None else GREEN if correct else RED
+    w, h = thumb
     d = ImageDraw.Draw(canvas)
-    d.rectangle((x, y, x + CELL_W - 1, y + THUMB_H + 2 * BORDER - 1), fill=colour)
-    canvas.paste(thumbnail(path), (x + BORDER, y + BORDER))
-    text, font = drawable(label)
-    d.text((x + CELL_W // 2, y + THUMB_H + 2 * BORDER + 2), text, fill=INK, font=font, anchor="ma")
+    d.rectangle((x, y, x + w + 2 * BORDER - 1, y + h + 2 * BORDER - 1), fill=colour)
+    canvas.paste(thumbnail(path, thumb), (x + BORDER, y + BORDER))
+    for n, line in enumerate(label.split("\n")):
+        text, font = drawable(line)
+        d.text((x + w // 2 + BORDER, y + h + 2 * BORDER + 2 + n * LINE_H), text, fill=INK, font=font, anchor="ma")
 
 
 def draw_text(canvas: Image.Image, x: int, y: int, text: str, width: int, max_lines: int,

@@ -8,8 +8,9 @@
 Search follows the evaluation protocol (docs/design.md) for one query: the caption is cleaned
 and tokenized like the training data, ranked against the gallery by cosine similarity,
 and its top ``model.k_test`` images (at most the gallery size) are re-ranked by the ITM
-head. Scores are re-ranking scores (``model.rerank_score``: the raw match logit by
-default) for re-ranked images and cosine similarities for the others.
+head. Each hit has its cosine similarity and, for re-ranked images, its re-ranking score
+(``Hit.itm``; ``model.rerank_score``: the raw match logit by default); ``Hit.score`` is the
+one it was ranked by.
 
 Language: any language code (XLM-R reads about 100 languages). Captions in the config's
 target language and in ``data.tl_proj_languages`` go through ``tl_text_proj``; every other
@@ -23,10 +24,9 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -50,10 +50,29 @@ class RetrievalError(InputError):
     """A search problem (missing gallery, empty query, ...), reported as one line."""
 
 
-class Hit(NamedTuple):
-    """One search result: the image path (as indexed) and its score."""
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the image path (as indexed), its cosine similarity and, when it was
+    re-ranked, its ITM score. Both are kept so a display never mixes the two scales in one
+    column; ``score`` (the one it was ranked by) and unpacking as ``(path, score)`` keep
+    older callers working."""
     path: str
-    score: float
+    cosine: float
+    itm: float | None = None
+
+    @property
+    def score(self) -> float:
+        """The score the hit was ranked by: ITM when re-ranked, else cosine similarity."""
+        return self.cosine if self.itm is None else self.itm
+
+    def __iter__(self) -> Iterator:
+        return iter((self.path, self.score))
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> str | float:
+        return (self.path, self.score)[i]
 
 
 @dataclass
@@ -183,7 +202,7 @@ class Retriever:
         """The ``top_k`` best gallery images for a caption in ``lang`` (default: the source language).
 
         With ``rerank``, the top ``model.k_test`` images by cosine similarity are ordered
-        by ITM score and carry that score; images further down keep their cosine score.
+        by ITM score and carry that score as ``itm``; every hit carries its cosine similarity.
         """
         if self.gallery is None:
             raise RetrievalError("no gallery indexed: call index() first")
@@ -201,7 +220,7 @@ class Retriever:
             feat = self.model.text_feature(embeds, target=uses_tl_proj(self.cfg, lang))
         sim = (feat.float() @ g.feats.t())[0]
         order = torch.sort(sim, descending=True, stable=True).indices
-        scores = sim[order]
+        itm_of: dict[int, float] = {}
         k = min(self.cfg.model.k_test, len(g.paths))
         if rerank:
             text_embeds = embeds.float()
@@ -209,9 +228,10 @@ class Retriever:
                               chunk=1, batch_size=self.cfg.data.test_batch_size, device=self.device,
                               dtype=eval_dtype(self.cfg, self.device), score=self.cfg.model.rerank_score)[0]
             perm = torch.sort(itm, descending=True, stable=True).indices
+            itm_of = dict(zip(order[:k].tolist(), itm.tolist()))
             order = torch.cat([order[:k][perm], order[k:]])
-            scores = torch.cat([itm[perm], scores[k:]])
-        return [Hit(g.paths[i], s) for i, s in zip(order[:top_k].tolist(), scores[:top_k].tolist())]
+        cosine = sim.tolist()
+        return [Hit(g.paths[i], cosine[i], itm_of.get(i)) for i in order[:top_k].tolist()]
 
 
 __all__ = ["GalleryIndex", "Hit", "IMAGE_EXTENSIONS", "RetrievalError", "Retriever",

@@ -4,7 +4,9 @@
         --query "a woman in a red coat with a black backpack" [--lang en] [--top-k 10] [--no-rerank] \\
         [--out search.png] [--annotations runs/synthetic/annos/test_reid_en.json [--query-id ID]] [--cache DIR]
 
-Prints the ranked list and writes a PNG grid of the top-k images with rank and score.
+Prints the ranked list and writes a PNG grid of the top-k images with rank and scores, each
+labelled: ``ITM`` (the re-ranking score, top ``model.k_test`` only) and ``cos`` (cosine
+similarity, every result), so no column mixes the two scales.
 With an annotation file (a JSON list of {file_path, id, captions}, file_path relative to
 --gallery), the gallery is the annotated images and each result is framed green when it
 shows the query's person and red otherwise; the query's person is --query-id, or else the
@@ -18,11 +20,18 @@ import os
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from PIL import Image
 
 from utils.errors import InputError
 
+if TYPE_CHECKING:
+    from engine.retriever import Hit
+
 COLUMNS = 10  # result cells per row of the grid
+THUMB = (96, 192)  # image area of a result cell: person crops are tall; small ones are scaled up
+LABEL_LINES = 2  # "#1  ITM 0.62" and "cos 0.82" under each image
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,22 +86,44 @@ def query_person(query: str, entries: list, query_id: int | None) -> int | None:
     return next((e.id for e in entries for c in e.captions if clean(c) == want), None)
 
 
-def draw_grid(query: str, lang: str, how: str, hits: list, marks: list[bool | None], out: Path) -> tuple[int, int]:
-    """Header (the query, how it was scored), then the results with rank and score; returns the PNG size."""
-    from engine.figures import CELL_H, CELL_W, GAP, LINE_H, PAD, draw_cell, draw_text, font_for, save_png
+def cell_label(rank: int, hit: Hit) -> str:
+    """Two lines under a result image: rank and ITM score, then the cosine similarity."""
+    if hit.itm is None:
+        return f"#{rank}\ncos {hit.cosine:.2f}"
+    return f"#{rank}  ITM {hit.itm:.2f}\ncos {hit.cosine:.2f}"
 
-    cols = min(COLUMNS, len(hits))
-    rows = -(-len(hits) // cols)
-    header = 3 * LINE_H + GAP
-    width = max(2 * PAD + cols * (CELL_W + GAP) - GAP, 320)
-    canvas = Image.new("RGB", (width, PAD + header + rows * (CELL_H + GAP) - GAP + PAD), (255, 255, 255))
+
+def grid_layout(n: int) -> tuple[int, int, int, int]:
+    """(columns, cell width, cell height, header height) of the grid for ``n`` results."""
+    from engine.figures import BORDER, GAP, LINE_H
+
+    cols = min(COLUMNS, n)
+    return cols, THUMB[0] + 2 * BORDER, THUMB[1] + 2 * BORDER + LABEL_LINES * LINE_H + 4, 3 * LINE_H + GAP
+
+
+def grid_size(n: int) -> tuple[int, int]:
+    """Pixel size of the PNG for ``n`` results, known before drawing."""
+    from engine.figures import GAP, PAD
+
+    cols, cell_w, cell_h, header = grid_layout(n)
+    rows = -(-n // cols)
+    return max(2 * PAD + cols * (cell_w + GAP) - GAP, 320), PAD + header + rows * (cell_h + GAP) - GAP + PAD
+
+
+def draw_grid(query: str, lang: str, how: str, hits: list[Hit], marks: list[bool | None], out: Path) -> tuple[int, int]:
+    """Header (the query, in a font with its script, and how it was scored), then the results; returns the PNG size."""
+    from engine.figures import GAP, LINE_H, PAD, draw_cell, draw_text, font_for, save_png
+
+    cols, cell_w, cell_h, header = grid_layout(len(hits))
+    canvas = Image.new("RGB", grid_size(len(hits)), (255, 255, 255))
+    width = canvas.width
     shown = query if font_for(query) is not None else "not drawn, no installed font has its characters (see terminal)"
     draw_text(canvas, PAD, PAD, f"query ({lang}): {shown}", width - 2 * PAD, 2)
     draw_text(canvas, PAD, PAD + 2 * LINE_H, f"score: {how}", width - 2 * PAD, 1, fill=(90, 90, 90))
-    for i, ((path, score), mark) in enumerate(zip(hits, marks)):
-        x = PAD + (i % cols) * (CELL_W + GAP)
-        y = PAD + header + (i // cols) * (CELL_H + GAP)
-        draw_cell(canvas, x, y, path, mark, f"#{i + 1} {score:.2f}")
+    for i, (hit, mark) in enumerate(zip(hits, marks)):
+        x = PAD + (i % cols) * (cell_w + GAP)
+        y = PAD + header + (i // cols) * (cell_h + GAP)
+        draw_cell(canvas, x, y, hit.path, mark, cell_label(i + 1, hit), THUMB)
     save_png(canvas, out)
     return canvas.size
 
@@ -119,14 +150,16 @@ def run(args: argparse.Namespace) -> None:
     lang = args.lang or retriever.cfg.data.source_language
     n = retriever.index(images, cache=args.cache)
     hits = retriever.search(args.query, top_k=args.top_k, rerank=not args.no_rerank, lang=lang)
-    marks = [None if person is None else ids[path] == person for path, _ in hits]
+    marks = [None if person is None else ids[h.path] == person for h in hits]
     k = min(retriever.cfg.model.k_test, n)
-    how = "cosine similarity" if args.no_rerank else f"ITM score for the top {k} re-ranked, cosine similarity below"
+    how = ("cos = cosine similarity" if args.no_rerank else
+           f"ITM score for the top {k} re-ranked (ITM), cosine similarity for all (cos)")
     print(f"query ({lang}): {args.query}")
-    print(f"{len(hits)} of {n} images; score = {how}" + (f"; query person id {person}" if person is not None else ""))
-    for i, ((path, score), mark) in enumerate(zip(hits, marks), 1):
-        tag = "" if mark is None else f"  id {ids[path]} {'match' if mark else 'other'}"
-        print(f"{i:4d}  {score:8.4f}  {path}{tag}")
+    print(f"{len(hits)} of {n} images; {how}" + (f"; query person id {person}" if person is not None else ""))
+    for i, (hit, mark) in enumerate(zip(hits, marks), 1):
+        tag = "" if mark is None else f"  id {ids[hit.path]} {'match' if mark else 'other'}"
+        itm = "       -" if hit.itm is None else f"{hit.itm:8.4f}"
+        print(f"{i:4d}  ITM {itm}  cos {hit.cosine:8.4f}  {hit.path}{tag}")
     size = draw_grid(args.query, lang, how, hits, marks, Path(args.out))
     print(f"wrote {args.out} ({size[0]}x{size[1]})")
 
