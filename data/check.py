@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from data.annotations import DataError, has_split, load_language, load_split, split_languages
+from data.annotations import DataError, Entry, has_split, load_language, load_split, split_languages
 from utils.config import Config
 
 MISSING_SHOWN = 3  # missing image paths named in the message
@@ -26,6 +26,11 @@ class SplitSummary:
     images: int
     people: int
     captions: int
+
+    @classmethod
+    def of_entries(cls, split: str, lang: str, entries: list[Entry]) -> SplitSummary:
+        """The counts of one annotation file's entries."""
+        return cls(split, lang, len(entries), len({e.id for e in entries}), sum(len(e.captions) for e in entries))
 
 
 def check_data(cfg: Config, need_train: bool) -> list[SplitSummary]:
@@ -53,8 +58,7 @@ def check_data(cfg: Config, need_train: bool) -> list[SplitSummary]:
     for split in (["val"] if need_train and has_split(cfg, "val") else []) + ["test"]:
         for lang in split_languages(cfg, split):
             entries = load_language(cfg, split, lang)
-            rows.append(SplitSummary(split, lang, len(entries), len({e.id for e in entries}),
-                                     sum(len(e.captions) for e in entries)))
+            rows.append(SplitSummary.of_entries(split, lang, entries))
             images.update(dict.fromkeys(os.path.join(cfg.image_dir, e.file_path) for e in entries))
     check_images(cfg, list(images))
     build_tokenizer(cfg.text_encoder)

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from engine.amp import autocast
+from engine.amp import autocast, eval_dtype
 from engine.rerank import rerank_fast
+from utils.config import Config
 from utils.distributed import all_gather_no_grad, get_rank, get_world_size
 from utils.metrics import concat_stats, per_query_stats, summarize
 
@@ -179,6 +180,16 @@ def evaluate(model, data, *, target: bool, k_test: int, batch_size: int, num_wor
                              kv_budget=kv_budget, dtype=dtype, score=score)
     parts, itc_parts, split_counts = rank_chunks(q_feats, g_feats, g_pids, q_pids, starts, chunk, k, scores, device)
     return gather_result(parts, itc_parts, split_counts, scores is not None, k, g_feats.shape[0], device)
+
+
+def evaluate_language(model, cfg: Config, data, target: bool, device: torch.device,
+                      gallery: tuple[torch.Tensor, torch.Tensor] | None = None) -> EvalResult:
+    """:func:`evaluate` with the run's protocol: ``model.k_test``, ``model.rerank_score``, the
+    evaluation precision, ``data.test_batch_size`` and ``data.num_workers``; ``target``: the
+    query projection (``utils.config.uses_tl_proj``)."""
+    return evaluate(model, data, target=target, k_test=cfg.model.k_test, batch_size=cfg.data.test_batch_size,
+                    num_workers=cfg.data.num_workers, device=device, dtype=eval_dtype(cfg, device),
+                    score=cfg.model.rerank_score, gallery=gallery)
 
 
 def rank_chunks(q_feats: torch.Tensor, g_feats: torch.Tensor, g_pids: torch.Tensor, q_pids: torch.Tensor,

@@ -120,12 +120,7 @@ def annotation_rows(cfg: Config, split: str) -> list[SplitSummary]:
     """A split not built yet (training builds test at the end), counted from its annotation files."""
     from data.annotations import load_language, split_languages
 
-    rows = []
-    for lang in split_languages(cfg, split):
-        entries = load_language(cfg, split, lang)
-        rows.append(SplitSummary(split, lang, len(entries), len({e.id for e in entries}),
-                                 sum(len(e.captions) for e in entries)))
-    return rows
+    return [SplitSummary.of_entries(split, lang, load_language(cfg, split, lang)) for lang in split_languages(cfg, split)]
 
 
 def run_rows(cfg: Config, train: TrainDataset | None, sets: dict[str, EvalData], split: str) -> list[SplitSummary]:

@@ -28,15 +28,14 @@ from tqdm import tqdm
 
 from data.annotations import has_split, split_languages
 from data.loader import build_eval_data, build_train_loader
-from engine.amp import eval_dtype
-from engine.evaluate import EvalResult, evaluate
+from engine.evaluate import EvalResult, evaluate_language
 from engine.report import write_reports
 from engine.run_card import run_rows, write_card
 from engine.step import build_train_step
 from model import build_model, build_tokenizer, load_finetuned
 from utils.checkpoint import (CheckpointError, atomic_write, checkpoint_dict, get_rng_state, read_checkpoint,
                               save_atomic, set_rng_state)
-from utils.config import Config, query_languages, save_config, uses_tl_proj
+from utils.config import Config, projection_name, query_languages, save_config, uses_tl_proj
 from utils.distributed import DistInfo, all_gather_object, all_reduce_mean, barrier
 from utils.errors import TrainingError
 from utils.logging import JsonlLog, format_table, info
@@ -67,12 +66,6 @@ def selection_split(cfg: Config) -> str:
         return "val"
     warnings.warn("no val split: selecting the best epoch on the test split", stacklevel=2)
     return "test"
-
-
-def evaluate_language(model: nn.Module, cfg: Config, data: Any, target: bool, device: torch.device) -> EvalResult:
-    return evaluate(model, data, target=target, k_test=cfg.model.k_test, batch_size=cfg.data.test_batch_size,
-                    num_workers=cfg.data.num_workers, device=device, dtype=eval_dtype(cfg, device),
-                    score=cfg.model.rerank_score)
 
 
 def evaluate_languages(model: nn.Module, cfg: Config, sets: dict[str, Any], device: torch.device) -> dict[str, EvalResult]:
@@ -151,7 +144,7 @@ class Trainer:
         metrics = {lang: r.metrics for lang, r in results.items()}
         trained = (cfg.data.source_language, cfg.data.target_language)
         notes = {lang: {"role": "source" if lang == trained[0] else "target" if lang == trained[1] else "zero-shot",
-                        "projection": "tl_text_proj" if uses_tl_proj(cfg, lang) else "text_proj",
+                        "projection": projection_name(cfg, lang),
                         "checkpoint": checkpoints[lang]} for lang in results}
         if self.dist.is_main:
             atomic_write(self.out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))

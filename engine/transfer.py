@@ -24,10 +24,10 @@ import torch
 
 from data.datasets import EvalData, build_eval_data
 from engine.amp import eval_dtype
-from engine.evaluate import encode_gallery, evaluate
+from engine.evaluate import encode_gallery, evaluate_language
 from engine.reference_levels import chance_levels
 from utils.checkpoint import atomic_write
-from utils.config import Config, uses_tl_proj
+from utils.config import Config, projection_name, uses_tl_proj
 from utils.config.paths import annotation_path
 
 TABLE_METRICS = ("R1", "R5", "R10", "mAP")  # shown per cell in transfer.md
@@ -78,10 +78,6 @@ def missing_reason(cfg: Config, split: str, lang: str) -> str | None:
     return None if path.is_file() else f"no {path.name}"
 
 
-def projection(cfg: Config, lang: str) -> str:
-    return "tl_text_proj" if uses_tl_proj(cfg, lang) else "text_proj"
-
-
 def settings(cfg: Config, device: torch.device) -> dict[str, Any]:
     """The protocol settings of the stored config, written beside the table so the numbers can be traced."""
     dtype = eval_dtype(cfg, device)
@@ -95,23 +91,20 @@ def evaluate_dataset(model: torch.nn.Module, tokenizer: Any, cfg: Config, spec: 
                      languages: Sequence[str], split: str, device: torch.device) -> DatasetRow:
     """Every language of one dataset, the gallery encoded once per distinct image list."""
     dcfg = dataset_config(cfg, spec)
-    dtype = eval_dtype(dcfg, device)
     bs, workers = dcfg.data.test_batch_size, dcfg.data.num_workers
     galleries: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
     row = DatasetRow(spec, {})
     for lang in languages:
         reason = missing_reason(dcfg, split, lang)
         if reason is not None:
-            row.cells[lang] = Cell(None, projection(dcfg, lang), reason)
+            row.cells[lang] = Cell(None, projection_name(dcfg, lang), reason)
             continue
         data: EvalData = build_eval_data(dcfg, split, lang, tokenizer)
         key = tuple(data.gallery_paths)
         if key not in galleries:
-            galleries[key] = encode_gallery(model, data, bs, workers, device, dtype)
-        result = evaluate(model, data, target=uses_tl_proj(dcfg, lang), k_test=dcfg.model.k_test, batch_size=bs,
-                          num_workers=workers, device=device, dtype=dtype, score=dcfg.model.rerank_score,
-                          gallery=galleries[key])
-        row.cells[lang] = Cell(result.metrics, projection(dcfg, lang))
+            galleries[key] = encode_gallery(model, data, bs, workers, device, eval_dtype(dcfg, device))
+        result = evaluate_language(model, dcfg, data, uses_tl_proj(dcfg, lang), device, gallery=galleries[key])
+        row.cells[lang] = Cell(result.metrics, projection_name(dcfg, lang))
         if row.chance is None:
             row.chance = chance_levels(data.gallery_pids, data.query_pids)
     return row

@@ -43,7 +43,6 @@ class BiIRRALoss:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.use_itm = cfg.itm.weight > 0
-        self.use_masked_image = cfg.mim.use_mim or (cfg.itm.use_mask and self.use_itm)
 
     def freeze_unused(self, model: BiIRRA) -> None:
         """``itm.weight: 0`` turns ITM off (e.g. a cheap contrastive stage): its head, and the
@@ -155,7 +154,8 @@ class BiIRRALoss:
                                       cfg.model.gather_with_grad)
         else:
             losses = {"itc": contrast.surrogate((image_feat, src_feat, tgt_feat), temp)}
-        masked = model.encode_image(batch["images"], batch["image_mask"]) if self.use_masked_image else None
+        # masked images are encoded where a loss uses them, which is where the model has a mask token
+        masked = model.encode_image(batch["images"], batch["image_mask"]) if model.arch.mask_token else None
 
         image_kv = model.image_kv(enc.image) if (self.use_itm or cfg.mlm.is_mlm) else []
         if self.use_itm:

@@ -76,13 +76,13 @@ def test_empty_cells_and_gallery_sharing_with_a_stub_evaluation(tmp_path: Path, 
         encoded.append(tuple(data.gallery_paths))
         return ("embeds", data.gallery_paths[0])
 
-    def evaluate(model, data, *, target, gallery, **kw):
+    def evaluate_language(model, cfg, data, target, device, gallery):
         evaluated.append((data.gallery_paths[0], target, gallery))
         return SimpleNamespace(metrics={"R1": 100.0 if target else 0.0})
 
     monkeypatch.setattr(transfer, "build_eval_data", build)
     monkeypatch.setattr(transfer, "encode_gallery", encode)
-    monkeypatch.setattr(transfer, "evaluate", evaluate)
+    monkeypatch.setattr(transfer, "evaluate_language", evaluate_language)
     row = transfer.evaluate_dataset(None, None, Config(), DatasetSpec("x", str(tmp_path), str(tmp_path)), LANGS,
                                     "test", torch.device("cpu"))
     assert encoded == [("a.jpg",), ("b.jpg",)]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from utils.errors import InputError
+from utils.errors import exit_on_input_error
 
 if TYPE_CHECKING:
     from engine.retriever import Hit
@@ -165,12 +165,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_input_error(run, parse_args(argv))
 
 
 if __name__ == "__main__":

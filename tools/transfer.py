@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from utils.errors import InputError
+from utils.errors import InputError, exit_on_input_error
 
 
 class TransferInputError(InputError):
@@ -86,12 +85,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_input_error(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ vision encoder's JSON) and ``report`` (errors and notes). This module re-exports
 """
 from __future__ import annotations
 
-from utils.config.languages import LANGUAGES, query_languages, uses_tl_proj
+from utils.config.languages import LANGUAGES, projection_name, query_languages, uses_tl_proj
 from utils.config.loading import apply_override, config_from_dict, load_config, save_config
 from utils.config.paths import annotation_path, check_paths
 from utils.config.report import ConfigError, note_ignored
@@ -21,4 +21,4 @@ from utils.config.vision_json import load_vision_json
 
 __all__ = ["Config", "ConfigError", "LANGUAGES", "Mlm", "Schedule", "load_config", "apply_override", "validate",
            "check_paths", "save_config", "config_from_dict", "annotation_path", "load_vision_json", "note_ignored",
-           "query_languages", "uses_tl_proj", "device_ok"]
+           "projection_name", "query_languages", "uses_tl_proj", "device_ok"]

@@ -23,6 +23,11 @@ def query_languages(cfg: Config) -> list[str]:
     return evaluated_languages(cfg.data)
 
 
+def projection_name(cfg: Config, lang: str) -> str:
+    """The projection ``lang``'s queries go through (see :func:`uses_tl_proj`), as reports name it."""
+    return "tl_text_proj" if uses_tl_proj(cfg, lang) else "text_proj"
+
+
 def uses_tl_proj(cfg: Config, lang: str) -> bool:
     """Whether ``lang``'s queries use ``tl_text_proj``: the target language and ``data.tl_proj_languages``.
 
