@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from engine.amp import autocast, eval_dtype
+from engine.open_set import absent_topk, extra_candidates, open_set_chunk
 from engine.rerank import rerank_fast
 from utils.config import Config
 from utils.distributed import all_gather_no_grad, get_rank, get_world_size
@@ -38,6 +39,7 @@ class EvalResult:
     stats: dict[str, torch.Tensor]  # per query: first, ap, inp, valid, top (indices [Q, TOP_KEEP])
     itc_metrics: dict[str, float] | None = None  # the same metrics before re-ranking (None when not re-ranked)
     rerank_pairs: dict[str, float | int | None] | None = None  # see rerank_pair_summary (None unless top k > 1 re-ranked)
+    open_set: dict[str, torch.Tensor] | None = None  # per-query open-set trials (engine/open_set.py) when asked for
 
 
 def split_query_counts(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
@@ -143,7 +145,7 @@ def apply_rerank(order: torch.Tensor, k: int, itm_scores: torch.Tensor) -> torch
 def evaluate(model, data, *, target: bool, k_test: int, batch_size: int, num_workers: int = 0,
              device: torch.device = torch.device("cpu"), rerank: bool = True, chunk: int = 256,
              kv_budget: int | None = None, dtype: torch.dtype | None = None, score: str = "logit",
-             gallery: tuple[torch.Tensor, torch.Tensor] | None = None) -> EvalResult:
+             gallery: tuple[torch.Tensor, torch.Tensor] | None = None, open_set: bool = False) -> EvalResult:
     """Rank-1/5/10, mAP and mINP of one language's queries against the gallery.
 
     ``dtype``: the autocast dtype of evaluation (None: fp32; ``engine.amp.eval_dtype``);
@@ -154,6 +156,8 @@ def evaluate(model, data, *, target: bool, k_test: int, batch_size: int, num_wor
     re-ranker's cached image keys/values in bytes (default: ``engine.rerank.default_kv_budget``).
     ``gallery``: the (embeddings, features) :func:`encode_gallery` gave for this gallery with the same
     model and ``dtype``, so that languages sharing one gallery encode it once (engine/transfer.py).
+    ``open_set``: also record each query's open-set trials (``EvalResult.open_set``); under
+    re-ranking this scores the few extra pairs of the trials without the query's person.
     """
     model.eval()
     g_embeds, g_feats = (encode_gallery(model, data, batch_size, num_workers, device, dtype) if gallery is None
@@ -172,24 +176,45 @@ def evaluate(model, data, *, target: bool, k_test: int, batch_size: int, num_wor
     feats = [encode_queries(model, q_ids[s:s + chunk], q_mask[s:s + chunk], target, batch_size, device, dtype)[1]
              for s in starts]
     q_feats = torch.cat(feats) if feats else g_feats.new_zeros(0, g_feats.shape[1])
-    scores = None
+    scores = topk = extra = None
+    rerank_args = dict(chunk=chunk, batch_size=batch_size, device=device, kv_budget=kv_budget, dtype=dtype, score=score)
     if rerank and k > 0:
         topk = [similarity_order(q_feats[s:s + chunk] @ g_feats.t())[:, :k] for s in starts]
         topk = torch.cat(topk) if topk else torch.zeros(0, k, dtype=torch.long, device=device)
-        scores = rerank_fast(model, text, topk, g_embeds, chunk=chunk, batch_size=batch_size, device=device,
-                             kv_budget=kv_budget, dtype=dtype, score=score)
+        scores = rerank_fast(model, text, topk, g_embeds, **rerank_args)
+        if open_set:
+            absent = [absent_topk(q_feats[s:s + chunk] @ g_feats.t(), g_pids[None, :] == q_pids[s:s + chunk, None], k)
+                      for s in starts]
+            extra = extra_candidates(topk, torch.cat(absent) if absent else topk)
+            extra = (*extra, rerank_fast(model, text, extra[0], g_embeds, **rerank_args))
     parts, itc_parts, split_counts = rank_chunks(q_feats, g_feats, g_pids, q_pids, starts, chunk, k, scores, device)
-    return gather_result(parts, itc_parts, split_counts, scores is not None, k, g_feats.shape[0], device)
+    result = gather_result(parts, itc_parts, split_counts, scores is not None, k, g_feats.shape[0], device)
+    if open_set:
+        trials = []
+        for s in starts:
+            rows = slice(s, s + chunk)
+            reranked = (topk[rows], scores[rows], extra[0][rows], extra[2][rows], extra[1][rows]) if extra else (None,) * 5
+            trials.append(open_set_chunk(q_feats[rows] @ g_feats.t(), g_pids, q_pids[rows], *reranked))
+        result.open_set = gather_trials(trials, scores is not None, device)
+    return result
+
+
+def gather_trials(parts: list[dict[str, torch.Tensor]], reranked: bool, device: torch.device) -> dict[str, torch.Tensor]:
+    """The open-set trials of every process, concatenated in query order (a process without queries adds none)."""
+    keys = [f"{s}_{f}" for s in (("cosine", "itm") if reranked else ("cosine",)) for f in ("best", "right", "absent")]
+    local = concat_stats(parts) if parts else {
+        key: torch.zeros(0, dtype=torch.bool if key.endswith("right") else torch.float32) for key in keys}
+    return {key: all_gather_no_grad(local[key].to(device)).cpu() for key in keys}
 
 
 def evaluate_language(model, cfg: Config, data, target: bool, device: torch.device,
-                      gallery: tuple[torch.Tensor, torch.Tensor] | None = None) -> EvalResult:
+                      gallery: tuple[torch.Tensor, torch.Tensor] | None = None, open_set: bool = True) -> EvalResult:
     """:func:`evaluate` with the run's protocol: ``model.k_test``, ``model.rerank_score``, the
     evaluation precision, ``data.test_batch_size`` and ``data.num_workers``; ``target``: the
-    query projection (``utils.config.uses_tl_proj``)."""
+    query projection (``utils.config.uses_tl_proj``); with the open-set trials by default."""
     return evaluate(model, data, target=target, k_test=cfg.model.k_test, batch_size=cfg.data.test_batch_size,
                     num_workers=cfg.data.num_workers, device=device, dtype=eval_dtype(cfg, device),
-                    score=cfg.model.rerank_score, gallery=gallery)
+                    score=cfg.model.rerank_score, gallery=gallery, open_set=open_set)
 
 
 def rank_chunks(q_feats: torch.Tensor, g_feats: torch.Tensor, g_pids: torch.Tensor, q_pids: torch.Tensor,

@@ -1,9 +1,10 @@
 """Text-to-image search with a trained Bi-IRRA checkpoint, for people rather than benchmarks.
 
     r = Retriever.from_checkpoint("runs/demo/best_en.pth")
-    r.index("my_photos/", cache="cache/")          # folder (recursive) or list of image paths
-    for path, score in r.search("a woman in a red coat", top_k=5):
-        print(path, score)
+    r.index("my_photos/")                      # in memory: a folder (recursive) or a list of image paths
+    r.open_index("my_index/", "my_photos/")    # or saved on disk, updated, and reused (engine/gallery_index.py)
+    for hit in r.search("a woman in a red coat", top_k=5):
+        print(hit.path, hit.itm, hit.cosine)
 
 Search follows the evaluation protocol (docs/design.md) for one query: the caption is cleaned
 and tokenized like the training data, ranked against the gallery by cosine similarity,
@@ -21,8 +22,6 @@ source-language captions do in training (``utils.config.uses_tl_proj``, as evalu
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,16 +33,14 @@ from torch.utils.data import DataLoader
 from data.datasets import GalleryDataset
 from data.text import clean_for, has_words, tokenize
 from engine.amp import autocast, eval_dtype
+from engine.gallery_index import SavedIndex, SyncReport, sync_index, top_rows
 from engine.rerank import rerank_fast
 from model import build_model, load_finetuned
-from utils.checkpoint import CheckpointError, load_safe, read_checkpoint, save_atomic
+from utils.checkpoint import CheckpointError, read_checkpoint
 from utils.config import Config, apply_override, config_from_dict, uses_tl_proj
 from utils.errors import InputError
 
-log = logging.getLogger(__name__)
-
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-CACHE_VERSION = 1  # bump when the cached content changes meaning
 
 
 class RetrievalError(InputError):
@@ -76,11 +73,21 @@ class Hit:
 
 
 @dataclass
-class GalleryIndex:
-    """Encoded gallery: image embeddings [G, 1+N, D] for re-ranking, features [G, E] for ranking."""
-    paths: list[str]
+class MemoryGallery:
+    """A gallery encoded in memory: image tokens [G, 1+N, D] for re-ranking, features [G, E] for ranking."""
+    image_paths: list[str]
     embeds: torch.Tensor
     feats: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def top(self, query: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cosine similarities, rows) of the ``n`` best images, as ``SavedIndex.top``."""
+        return top_rows(iter([self.feats]), query, n)
+
+    def paths(self, rows: Sequence[int]) -> list[str]:
+        return [self.image_paths[r] for r in rows]
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
@@ -94,19 +101,23 @@ def list_images(folder: str | os.PathLike) -> list[str]:
     return paths
 
 
-def file_stamp(path: str | os.PathLike) -> list:
-    """(absolute path, size, mtime in ns): changes whenever the file is replaced or edited."""
-    st = os.stat(path)
-    return [os.path.realpath(path), st.st_size, st.st_mtime_ns]
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes: names a checkpoint wherever it is copied, and changes with any edit."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class Retriever:
-    """A fine-tuned model, its tokenizer and config, and an indexed gallery to search."""
+    """A fine-tuned model, its tokenizer and config, and a gallery to search (in memory or a saved index)."""
 
-    def __init__(self, model, tokenizer, cfg: Config, device: torch.device, stamp: list) -> None:
+    def __init__(self, model, tokenizer, cfg: Config, device: torch.device, checkpoint: str | None = None) -> None:
         self.model, self.tokenizer, self.cfg, self.device = model.eval(), tokenizer, cfg, device
-        self.stamp = stamp  # identifies the checkpoint in gallery cache keys
-        self.gallery: GalleryIndex | None = None
+        self.checkpoint = checkpoint  # the file the weights came from (names saved indexes and calibrations)
+        self._sha256: str | None = None
+        self.gallery: MemoryGallery | SavedIndex | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -134,57 +145,72 @@ class Retriever:
                                      "(relative paths are relative to where training ran)")
         model, tokenizer = build_model(cfg, num_ids=int(ckpt.get("num_ids", 0)))
         load_finetuned(model, str(path), ckpt)
-        return cls(model.to(device), tokenizer, cfg, device, file_stamp(path))
+        return cls(model.to(device), tokenizer, cfg, device, str(path))
+
+    @property
+    def checkpoint_sha256(self) -> str:
+        """SHA-256 of the checkpoint file (computed once)."""
+        if self.checkpoint is None:
+            raise RetrievalError("this retriever was not made from a checkpoint file")
+        if self._sha256 is None:
+            self._sha256 = file_sha256(self.checkpoint)
+        return self._sha256
 
     # ----------------------------------------------------------------------------- gallery
-    def index(self, images: str | os.PathLike | Sequence[str | os.PathLike],
-              cache: str | os.PathLike | None = None) -> int:
-        """Encode a gallery (a folder, searched recursively, or a list of image paths); returns its size.
+    def index(self, images: str | os.PathLike | Sequence[str | os.PathLike]) -> int:
+        """Encode a gallery in memory (a folder, searched recursively, or a list of image paths); returns its size.
 
-        With ``cache`` (a folder), the encoded gallery is stored as
-        ``gallery-<key>.pt``, keyed by the checkpoint and every image's path, size and
-        modification time, and reused when all of them are unchanged. Unreadable images
-        follow ``data.on_bad_image`` of the stored config (error, or skip = blank image).
+        Unreadable images follow ``data.on_bad_image`` of the stored config (error, or skip =
+        blank image). For galleries searched again and again, :meth:`open_index` keeps the
+        encoding on disk.
         """
-        if isinstance(images, (str, os.PathLike)):
-            paths = list_images(images)
-        else:
-            paths = [str(p) for p in images]
-            if not paths:
-                raise RetrievalError("empty list of gallery images")
-            missing = next((p for p in paths if not os.path.isfile(p)), None)
-            if missing is not None:
-                raise RetrievalError(f"gallery image not found: {missing}")
-        cache_file, key = None, ""
-        if cache is not None:
-            key = hashlib.sha256(json.dumps([CACHE_VERSION, self.stamp, [file_stamp(p) for p in paths]])
-                                 .encode()).hexdigest()[:24]
-            cache_file = Path(cache) / f"gallery-{key}.pt"
-            self.gallery = self._load_cache(cache_file, key, paths)
-            if self.gallery is not None:
-                return len(paths)
+        paths = self._gallery_paths(images)
         embeds, feats = self._encode(paths)
-        self.gallery = GalleryIndex(paths, embeds, feats)
-        if cache_file is not None:
-            save_atomic({"version": CACHE_VERSION, "key": key, "paths": paths,
-                         "embeds": embeds.cpu(), "feats": feats.cpu()}, cache_file)
+        self.gallery = MemoryGallery(paths, embeds, feats)
         return len(paths)
 
-    def _load_cache(self, file: Path, key: str, paths: list[str]) -> GalleryIndex | None:
-        if not file.is_file():
-            return None
-        try:
-            obj = load_safe(file)
-        except CheckpointError as e:
-            log.warning("ignoring unreadable gallery cache: %s", e)
-            return None
-        if not isinstance(obj, dict) or obj.get("key") != key or obj.get("paths") != paths:
-            return None
-        return GalleryIndex(paths, obj["embeds"].to(self.device), obj["feats"].to(self.device))
+    def open_index(self, folder: str | os.PathLike, images: str | os.PathLike | Sequence[str] | None = None,
+                   root: str | os.PathLike | None = None, progress: bool = True) -> SyncReport | None:
+        """Search the saved index in ``folder`` from now on; returns what was updated, if anything.
+
+        With ``images`` (a folder, or full paths under one folder), the index is first made
+        to hold exactly those images: new or changed ones are encoded, removed ones dropped,
+        and all are encoded again when the checkpoint differs from the one that built it
+        (``engine.gallery_index.sync_index``). Paths are stored relative to ``root`` (default:
+        the folder, or the deepest folder holding every listed image). Without ``images``,
+        the index is used as it is, and must have been built with this checkpoint.
+        """
+        report = None
+        if images is not None:
+            paths = self._gallery_paths(images)
+            if root is None:
+                root = images if isinstance(images, (str, os.PathLike)) else os.path.commonpath(
+                    [os.path.dirname(os.path.realpath(p)) for p in paths])
+            root = os.path.realpath(root)
+            rels = [os.path.relpath(os.path.realpath(p), root) for p in paths]
+            report = sync_index(folder, root, rels, self.checkpoint_sha256, self.model.vision_proj.out_features,
+                                lambda batch: self._encode(batch, tokens=False)[1], progress=progress)
+        index = SavedIndex.open(folder)
+        if index.checkpoint != self.checkpoint_sha256:
+            raise RetrievalError(f"{folder}: built with another checkpoint; pass the gallery again to re-encode it")
+        self.gallery = index
+        return report
+
+    def _gallery_paths(self, images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+        if isinstance(images, (str, os.PathLike)):
+            return list_images(images)
+        paths = [str(p) for p in images]
+        if not paths:
+            raise RetrievalError("empty list of gallery images")
+        missing = next((p for p in paths if not os.path.isfile(p)), None)
+        if missing is not None:
+            raise RetrievalError(f"gallery image not found: {missing}")
+        return paths
 
     @torch.no_grad()
-    def _encode(self, paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Test-time transforms and batches of ``data.test_batch_size``, as in evaluation."""
+    def _encode(self, paths: list[str], tokens: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(image tokens [n, 1+N, D] when ``tokens``, features [n, E]) with the test-time transforms,
+        in batches of ``data.test_batch_size``, as in evaluation."""
         loader = DataLoader(GalleryDataset(self.cfg, paths), batch_size=self.cfg.data.test_batch_size,
                             num_workers=self.cfg.data.num_workers, shuffle=False)
         embeds, feats = [], []
@@ -192,9 +218,10 @@ class Retriever:
             with autocast(self.device, eval_dtype(self.cfg, self.device)):
                 e = self.model.encode_image(images.to(self.device))
                 f = self.model.image_feature(e)
-            embeds.append(e.float())
+            if tokens:
+                embeds.append(e.float())
             feats.append(f.float())
-        return torch.cat(embeds), torch.cat(feats)
+        return (torch.cat(embeds) if tokens else None), torch.cat(feats)
 
     # ------------------------------------------------------------------------------ search
     @torch.no_grad()
@@ -203,36 +230,46 @@ class Retriever:
 
         With ``rerank``, the top ``model.k_test`` images by cosine similarity are ordered
         by ITM score and carry that score as ``itm``; every hit carries its cosine similarity.
+        A saved index encodes those k images again for their tokens.
         """
-        if self.gallery is None:
-            raise RetrievalError("no gallery indexed: call index() first")
+        g = self.gallery
+        if g is None:
+            raise RetrievalError("no gallery indexed: call index() or open_index() first")
         if top_k < 1:
             raise RetrievalError(f"top_k must be at least 1, got {top_k}")
+        embeds, mask, feat = self.encode_query(text, lang)
+        k = min(self.cfg.model.k_test, len(g)) if rerank else 0
+        cosine, rows = g.top(feat.to(self.device) if isinstance(g, MemoryGallery) else feat.cpu(),
+                             min(max(top_k, k), len(g)))
+        paths = g.paths(rows.tolist())
+        order, itm_of = list(range(len(paths))), {}
+        if k:
+            images = g.embeds[rows[:k].to(self.device)] if isinstance(g, MemoryGallery) else self._encode(paths[:k])[0]
+            dtype = eval_dtype(self.cfg, self.device)
+            itm = rerank_fast(self.model, lambda start, stop: (embeds, mask), torch.arange(k)[None], images,
+                              chunk=1, batch_size=self.cfg.data.test_batch_size, device=self.device, dtype=dtype,
+                              score=self.cfg.model.rerank_score)[0]
+            perm = torch.sort(itm, descending=True, stable=True).indices.tolist()
+            itm_of = dict(enumerate(itm.tolist()))
+            order = perm + order[k:]
+        cosine = cosine.tolist()
+        return [Hit(paths[i], cosine[i], itm_of.get(i)) for i in order[:top_k]]
+
+    @torch.no_grad()
+    def encode_query(self, text: str, lang: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(token embeddings [1, L, D], mask [1, L], normalised feature [E]) of a caption, cleaned and
+        tokenized like the training data and projected as ``lang``'s captions are."""
         lang = lang or self.cfg.data.source_language
         if not has_words(text):
             raise RetrievalError(f"the query is empty after cleaning (punctuation and symbols are removed): {text!r}")
         ids, mask = tokenize(self.tokenizer, [clean_for(self.cfg)(text)], self.cfg.experiment.text_length)
         length = int(mask.sum())
         ids, mask = ids[:, :length].to(self.device), mask[:, :length].to(self.device)
-        g = self.gallery
         with autocast(self.device, eval_dtype(self.cfg, self.device)):
             embeds = self.model.encode_text(ids, mask)
             feat = self.model.text_feature(embeds, target=uses_tl_proj(self.cfg, lang))
-        sim = (feat.float() @ g.feats.t())[0]
-        order = torch.sort(sim, descending=True, stable=True).indices
-        itm_of: dict[int, float] = {}
-        k = min(self.cfg.model.k_test, len(g.paths))
-        if rerank:
-            text_embeds = embeds.float()
-            itm = rerank_fast(self.model, lambda start, stop: (text_embeds, mask), order[None, :k], g.embeds,
-                              chunk=1, batch_size=self.cfg.data.test_batch_size, device=self.device,
-                              dtype=eval_dtype(self.cfg, self.device), score=self.cfg.model.rerank_score)[0]
-            perm = torch.sort(itm, descending=True, stable=True).indices
-            itm_of = dict(zip(order[:k].tolist(), itm.tolist()))
-            order = torch.cat([order[:k][perm], order[k:]])
-        cosine = sim.tolist()
-        return [Hit(g.paths[i], cosine[i], itm_of.get(i)) for i in order[:top_k].tolist()]
+        return embeds.float(), mask, feat.float()[0]
 
 
-__all__ = ["GalleryIndex", "Hit", "IMAGE_EXTENSIONS", "RetrievalError", "Retriever",
-           "file_stamp", "list_images"]
+__all__ = ["Hit", "IMAGE_EXTENSIONS", "MemoryGallery", "RetrievalError", "Retriever", "file_sha256",
+           "list_images"]

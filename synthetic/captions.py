@@ -68,24 +68,73 @@ class Identity:
     obj: str
 
 
-def sample_identity(rng: np.random.Generator) -> Identity:
-    """Draw one person's attributes (skirts only for women, bags/hats/objects optional)."""
-    gender = GENDERS[rng.integers(2)]
-    colours = list(COLOURS)
+def _uniform(options: tuple | dict) -> tuple[float, ...]:
+    """Equal probabilities over ``options`` (drawn as the generator drew them before mixes)."""
+    return (1 / len(options),) * len(options)
 
-    def pick(options, p=None) -> str:
-        return str(options[rng.choice(len(options), p=p)])
 
+@dataclass(frozen=True)
+class Mix:
+    """How often ``sample_identity`` draws each attribute value: one row of probabilities per attribute,
+    aligned with its vocabulary (``GENDERS``, ``BUILDS``, ...). Mixes share the vocabulary, so every
+    caption word of one is known to a tokenizer trained on another; only the frequencies shift.
+
+    ``colour`` is shared by the upper, lower, shoes, bag and hat colours; ``hair_style`` and ``lower``
+    have a row per gender (a man's skirt stays at 0). A uniform row is drawn without probabilities
+    (``rng.choice(n)``), as the generator always drew it: the same seed keeps giving the same people.
+    """
+    gender: tuple[float, ...]
+    build: tuple[float, ...]
+    skin: tuple[float, ...]
+    hair_style: dict[str, tuple[float, ...]]
+    hair_colour: tuple[float, ...]
+    upper: tuple[float, ...]
+    colour: tuple[float, ...]
+    pattern: tuple[float, ...]
+    lower: dict[str, tuple[float, ...]]
+    bag: tuple[float, ...]
+    hat: tuple[float, ...]
+    obj: tuple[float, ...]
+
+
+MIXES: dict[str, Mix] = {
+    # the mix of every dataset generated before mixes existed (and still of ``--mix default``)
+    "default": Mix(
+        gender=_uniform(GENDERS), build=_uniform(BUILDS), skin=_uniform(SKINS),
+        hair_style={"man": (0.55, 0.15, 0.05, 0.25), "woman": (0.15, 0.45, 0.3, 0.1)},
+        hair_colour=(0.4, 0.25, 0.15, 0.12, 0.08), upper=_uniform(UPPERS), colour=_uniform(COLOURS),
+        pattern=(0.6, 0.2, 0.2), lower={"man": (0.75, 0.25, 0.0), "woman": (0.5, 0.2, 0.3)},
+        bag=(0.35, 0.3, 0.2, 0.15), hat=(0.6, 0.2, 0.1, 0.1), obj=(0.55, 0.1, 0.15, 0.1, 0.1)),
+    # another population for cross-dataset transfer: more women, heavier builds, darker skins,
+    # blonde and curly hair, coats and jackets, patterns, shorts and skirts, bags, hats and objects;
+    # colours skewed (red, green, yellow common; black, gray, white rare)
+    "shifted": Mix(
+        gender=(0.35, 0.65), build=(0.2, 0.3, 0.5), skin=(0.1, 0.15, 0.2, 0.25, 0.3),
+        hair_style={"man": (0.3, 0.3, 0.1, 0.3), "woman": (0.35, 0.15, 0.15, 0.35)},
+        hair_colour=(0.15, 0.2, 0.35, 0.2, 0.1), upper=(0.1, 0.1, 0.35, 0.1, 0.35),
+        # black white gray red blue green yellow pink purple orange brown
+        colour=(0.03, 0.04, 0.03, 0.25, 0.05, 0.18, 0.12, 0.07, 0.08, 0.1, 0.05),
+        pattern=(0.3, 0.35, 0.35), lower={"man": (0.4, 0.6, 0.0), "woman": (0.2, 0.3, 0.5)},
+        bag=(0.1, 0.3, 0.3, 0.3), hat=(0.3, 0.3, 0.2, 0.2), obj=(0.2, 0.3, 0.2, 0.15, 0.15)),
+}
+
+
+def sample_identity(rng: np.random.Generator, mix: Mix = MIXES["default"]) -> Identity:
+    """Draw one person's attributes from ``mix`` (skirts only for women, bags/hats/objects optional)."""
+    def draw(p: tuple[float, ...]) -> int:
+        return int(rng.choice(len(p)) if len(set(p)) == 1 else rng.choice(len(p), p=p))
+
+    def pick(options: tuple | dict, p: tuple[float, ...]) -> str:
+        return list(options)[draw(p)]
+
+    gender = pick(GENDERS, mix.gender)
     return Identity(
-        gender=gender, build=pick(BUILDS), skin=int(rng.integers(len(SKINS))),
-        hair_style=pick(HAIR_STYLES, [0.55, 0.15, 0.05, 0.25] if gender == "man" else [0.15, 0.45, 0.3, 0.1]),
-        hair_colour=pick(list(HAIR_COLOURS), [0.4, 0.25, 0.15, 0.12, 0.08]),
-        upper=pick(UPPERS), upper_colour=pick(colours), pattern=pick(PATTERNS, [0.6, 0.2, 0.2]),
-        lower=pick(LOWERS if gender == "woman" else LOWERS[:2], [0.5, 0.2, 0.3] if gender == "woman" else [0.75, 0.25]),
-        lower_colour=pick(colours), shoes_colour=pick(colours),
-        bag=pick(BAGS, [0.35, 0.3, 0.2, 0.15]), bag_colour=pick(colours),
-        hat=pick(HATS, [0.6, 0.2, 0.1, 0.1]), hat_colour=pick(colours),
-        obj=pick(OBJECTS, [0.55, 0.1, 0.15, 0.1, 0.1]))
+        gender=gender, build=pick(BUILDS, mix.build), skin=draw(mix.skin),
+        hair_style=pick(HAIR_STYLES, mix.hair_style[gender]), hair_colour=pick(HAIR_COLOURS, mix.hair_colour),
+        upper=pick(UPPERS, mix.upper), upper_colour=pick(COLOURS, mix.colour), pattern=pick(PATTERNS, mix.pattern),
+        lower=pick(LOWERS, mix.lower[gender]), lower_colour=pick(COLOURS, mix.colour),
+        shoes_colour=pick(COLOURS, mix.colour), bag=pick(BAGS, mix.bag), bag_colour=pick(COLOURS, mix.colour),
+        hat=pick(HATS, mix.hat), hat_colour=pick(COLOURS, mix.colour), obj=pick(OBJECTS, mix.obj))
 
 
 def describable(ident: Identity) -> list[str]:

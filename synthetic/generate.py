@@ -17,7 +17,15 @@ Writes, like a real benchmark laid out for this project:
 - ``text_encoder/`` (``synthetic.tokenizer``): a SentencePiece tokenizer trained on every caption of every language,
   loadable with ``AutoTokenizer.from_pretrained`` like xlm-roberta-base, and a small
   XLM-R ``config.json`` (no weights) for the demo model,
-- ``generation.json`` (last): the arguments, so ``--reuse`` can keep a folder made with the same ones.
+- ``generation.json`` (last): the arguments, so ``--reuse`` can keep a folder made with the same ones
+  (the mix only when not ``default``, so records written before mixes existed still match).
+
+``--mix`` picks the attribute distributions the people are drawn from (``synthetic.captions.MIXES``):
+``default``, or ``shifted``, another population (skewed colours, more bags, hats and objects, other
+hair, garments, builds and gender ratio) over the same vocabulary, so a model trained on a default
+dataset reads every word of its captions. A second dataset for a cross-dataset transfer table:
+
+    python -m synthetic --out runs/synthetic_shifted --seed 7 --mix shifted --train-ids 2
 
 The val and test people do not depend on ``--train-ids`` (see ``sample_identities``), so
 training sets of different sizes are compared on the same held-out people.
@@ -33,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthetic.captions import CAPTIONS_PER_IMAGE, LANGS, Identity, image_plans, sample_identity, write_caption
+from synthetic.captions import CAPTIONS_PER_IMAGE, LANGS, MIXES, Identity, image_plans, sample_identity, write_caption
 from synthetic.reference import write_reference_levels
 from synthetic.render import render_to_file
 from synthetic.tokenizer import write_text_encoder
@@ -44,23 +52,27 @@ GENERATOR_VERSION = 3  # raise it when the same arguments would write different 
 # first; 3: Chinese word pieces)
 
 
-def sample_identities(seed: int, counts: dict[str, int]) -> dict[str, list[tuple[int, Identity]]]:
-    """Distinct identities (no two share every attribute), ids numbered across splits so splits are disjoint.
+def sample_identities(seed: int, counts: dict[str, int], mix: str = "default") -> dict[str, list[tuple[int, Identity]]]:
+    """Distinct identities (no two share every attribute) drawn from ``MIXES[mix]``, ids numbered
+    across splits so splits are disjoint.
 
     Drawn and numbered test first, then val, then train: the test and val people (and so
     their images and captions, which are seeded by id) do not depend on the number of
     training people, so datasets with different ``--train-ids`` are evaluated on the same people.
     """
+    if mix not in MIXES:
+        raise ValueError(f"unknown mix '{mix}': expected one of {', '.join(MIXES)}")
     rng = np.random.default_rng([seed, 0])
+    attributes = MIXES[mix]
     seen: set[Identity] = set()
     out: dict[str, list[tuple[int, Identity]]] = {}
     next_id = 1
     for split in ("test", "val", "train"):
         out[split] = []
         for _ in range(counts[split]):
-            ident = sample_identity(rng)
+            ident = sample_identity(rng, attributes)
             while ident in seen:
-                ident = sample_identity(rng)
+                ident = sample_identity(rng, attributes)
             seen.add(ident)
             out[split].append((next_id, ident))
             next_id += 1
@@ -83,15 +95,17 @@ def build_annotations(seed: int, people: dict[str, list[tuple[int, Identity]]],
 
 def generate(out: str | Path, seed: int = 0, train_ids: int = 800, val_ids: int = 50, test_ids: int = 100,
              images_per_id: int = 4, size: tuple[int, int] = (128, 64), hidden_size: int = 128,
-             processes: int | None = None, train_images_per_id: int = 0) -> dict[str, dict[str, int]]:
+             processes: int | None = None, train_images_per_id: int = 0,
+             mix: str = "default") -> dict[str, dict[str, int]]:
     """Write the dataset under ``out`` (``size`` = (height, width)); returns per-split counts.
     ``train_images_per_id`` > 0 gives the training people that many images instead of
-    ``images_per_id`` (more people at the same rendering cost)."""
+    ``images_per_id`` (more people at the same rendering cost); ``mix`` names the attribute
+    distributions of ``synthetic.captions.MIXES`` the people are drawn from."""
     out = Path(out)
     (out / GENERATION_FILE).unlink(missing_ok=True)  # a folder being rewritten is not a complete generation
     counts = {"train": train_ids, "val": val_ids, "test": test_ids}
     per_id = images_per_split(images_per_id, train_images_per_id)
-    people = sample_identities(seed, counts)
+    people = sample_identities(seed, counts, mix)
     annos = build_annotations(seed, people, per_id)
     jobs = []
     for split in SPLITS:
@@ -116,7 +130,7 @@ def generate(out: str | Path, seed: int = 0, train_ids: int = 800, val_ids: int 
     write_reference_levels(out / "annos", seed, people, images_per_id)
     corpus = [c for split in SPLITS for lang in LANGS for e in annos[split][lang] for c in e["captions"]]
     write_text_encoder(corpus, out / "text_encoder", hidden_size)
-    (out / GENERATION_FILE).write_text(json.dumps(generation_args(seed, counts, per_id, size, hidden_size)) + "\n")
+    (out / GENERATION_FILE).write_text(json.dumps(generation_args(seed, counts, per_id, size, hidden_size, mix)) + "\n")
     return {s: {"ids": counts[s], "images": counts[s] * per_id[s],
                 "captions": counts[s] * per_id[s] * CAPTIONS_PER_IMAGE} for s in SPLITS}
 
@@ -127,10 +141,14 @@ def images_per_split(images_per_id: int, train_images_per_id: int = 0) -> dict[s
 
 
 def generation_args(seed: int, counts: dict[str, int], per_id: dict[str, int], size: tuple[int, int],
-                    hidden_size: int) -> dict[str, object]:
-    """What determines the files of a generation (``--reuse`` compares it with the folder's record)."""
-    return {"generator": GENERATOR_VERSION, "seed": seed, "ids": counts, "images_per_id": per_id, "size": list(size),
-            "hidden_size": hidden_size}
+                    hidden_size: int, mix: str = "default") -> dict[str, object]:
+    """What determines the files of a generation (``--reuse`` compares it with the folder's record).
+    The mix only when not the default: a default generation's record is the one written before mixes existed."""
+    args: dict[str, object] = {"generator": GENERATOR_VERSION, "seed": seed, "ids": counts, "images_per_id": per_id,
+                               "size": list(size), "hidden_size": hidden_size}
+    if mix != "default":
+        args["mix"] = mix
+    return args
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -158,6 +176,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="images per training identity (0: --images-per-id); val and test keep --images-per-id")
     ap.add_argument("--size", type=_size, default=(128, 64), help="image HxW")
     ap.add_argument("--hidden-size", type=int, default=128, help="hidden size written to text_encoder/config.json")
+    ap.add_argument("--mix", choices=list(MIXES), default="default",
+                    help="attribute distributions of the people (synthetic/captions.py MIXES): 'shifted' draws "
+                         "another population (skewed colours, more bags/hats/objects, other hair, garments, builds "
+                         "and gender ratio) with the same words, for cross-dataset transfer")
     ap.add_argument("--processes", type=int, default=None, help="rendering processes (default: CPU count, at most 8)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep --out as it is if a complete generation with these same arguments is there")
@@ -171,12 +193,12 @@ def main(argv: list[str] | None = None) -> None:
     counts = {"train": args.train_ids, "val": args.val_ids, "test": args.test_ids}
     per_id = images_per_split(args.images_per_id, args.train_images_per_id)
     if args.reuse and record.is_file() and json.loads(record.read_text()) == generation_args(
-            args.seed, counts, per_id, args.size, args.hidden_size):
+            args.seed, counts, per_id, args.size, args.hidden_size, args.mix):
         print(f"kept {args.out}: generated with these arguments")
         return
     start = time.time()
     stats = generate(args.out, args.seed, args.train_ids, args.val_ids, args.test_ids, args.images_per_id,
-                     args.size, args.hidden_size, args.processes, args.train_images_per_id)
+                     args.size, args.hidden_size, args.processes, args.train_images_per_id, args.mix)
     for split, s in stats.items():
         print(f"{split:5s}: {s['ids']} ids, {s['images']} images, {s['captions']} captions per language")
     print(f"wrote {args.out} in {time.time() - start:.1f} s")

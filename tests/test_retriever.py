@@ -1,4 +1,4 @@
-"""engine.retriever: search a briefly trained tiny model's gallery; on-disk cache; languages; errors."""
+"""engine.retriever: search a briefly trained tiny model's gallery, in memory and from a saved index; languages; errors."""
 from __future__ import annotations
 
 import os
@@ -69,27 +69,63 @@ def test_target_language_uses_its_projection(retriever, monkeypatch):
     assert seen == [False, False, True, False, False]
 
 
-def test_gallery_cache_is_reused_until_an_image_or_the_checkpoint_changes(trained_run, tmp_path, monkeypatch):
-    gallery = tmp_path / "gallery"
-    gallery.mkdir()
-    for p in sorted((trained_run.data / "imgs" / "test").iterdir())[:4]:
-        (gallery / p.name).write_bytes(p.read_bytes())
-    cache = tmp_path / "cache"
-    first = Retriever.from_checkpoint(trained_run.checkpoint)
-    assert first.index(gallery, cache=cache) == 4
-    files = list(cache.iterdir())
-    assert len(files) == 1 and files[0].name.startswith("gallery-")
-    second = Retriever.from_checkpoint(trained_run.checkpoint)
-    monkeypatch.setattr(second, "_encode", lambda paths: pytest.fail("cache not used"))
-    second.index(gallery, cache=cache)
-    assert second.gallery.paths == first.gallery.paths
-    assert torch.equal(second.gallery.feats, first.gallery.feats)
-    assert second.search("a man", top_k=4) == first.search("a man", top_k=4)
-    monkeypatch.undo()
-    image = sorted(gallery.iterdir())[0]
-    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
-    second.index(gallery, cache=cache)
-    assert len(list(cache.iterdir())) == 2  # a new key: the edited file was encoded again
+def same_hits(a: list[Hit], b: list[Hit]) -> None:
+    """Equal rankings: same images in the same order, scores equal up to float rounding."""
+    assert [os.path.realpath(h.path) for h in a] == [os.path.realpath(h.path) for h in b]
+    for x, y in zip(a, b):
+        assert x.cosine == pytest.approx(y.cosine, abs=1e-5)
+        assert (x.itm is None) == (y.itm is None) and (x.itm is None or x.itm == pytest.approx(y.itm, abs=1e-4))
+
+
+def copy_images(paths, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        (folder / Path(p).name).write_bytes(Path(p).read_bytes())
+
+
+def queries(run: TrainedRun) -> list[str]:
+    return [e["captions"][0] for e in run.train_entries("en")[::5]]
+
+
+def test_saved_index_ranks_like_memory_after_added_images_and_a_checkpoint_change(trained_run, tmp_path, monkeypatch):
+    gallery, ix = tmp_path / "gallery", tmp_path / "index"
+    copy_images(sorted((trained_run.data / "imgs" / "test").iterdir()), gallery)
+    memory = Retriever.from_checkpoint(trained_run.checkpoint)
+    saved = Retriever.from_checkpoint(trained_run.checkpoint)
+
+    def compare(images: int) -> None:
+        assert memory.index(gallery) == len(saved.gallery) == images
+        for q in queries(trained_run):
+            same_hits(saved.search(q, top_k=images), memory.search(q, top_k=images))
+            same_hits(saved.search(q, top_k=5, rerank=False), memory.search(q, top_k=5, rerank=False))
+
+    report = saved.open_index(ix, gallery, progress=False)
+    assert (report.added, report.reason) == (18, "new index")
+    compare(18)
+    fresh = Retriever.from_checkpoint(trained_run.checkpoint)
+    encoded = []
+    original = fresh._encode
+    monkeypatch.setattr(fresh, "_encode", lambda paths, tokens=True: encoded.append(len(paths)) or original(paths, tokens))
+    assert fresh.open_index(ix) is None  # searched as it is: nothing encoded to open it
+    fresh.search(queries(trained_run)[0], top_k=3)
+    assert encoded == [fresh.cfg.model.k_test]  # re-ranking encodes its top k images only
+
+    copy_images(sorted((trained_run.data / "imgs" / "train").iterdir())[:3], gallery)
+    encoded.clear()
+    report = fresh.open_index(ix, gallery, progress=False)
+    assert (report.kept, report.added, report.changed, report.removed) == (18, 3, 0, 0) and encoded == [3]
+    saved.open_index(ix)
+    compare(21)
+
+    changed = tmp_path / "changed.pth"
+    ckpt = torch.load(trained_run.checkpoint, weights_only=True)
+    ckpt["model"]["vision_proj.weight"] = ckpt["model"]["vision_proj.weight"].flip(0)
+    torch.save(ckpt, changed)
+    memory, saved = Retriever.from_checkpoint(changed), Retriever.from_checkpoint(changed)
+    with pytest.raises(RetrievalError, match="built with another checkpoint"):
+        saved.open_index(ix)
+    assert saved.open_index(ix, gallery, progress=False).reason == "the checkpoint changed"
+    compare(21)
 
 
 def test_overrides_apply_to_the_stored_config(trained_run, retriever):
@@ -113,7 +149,7 @@ def test_errors_are_input_errors(trained_run, tmp_path, retriever):
         retriever.index(tmp_path / "empty")
     with pytest.raises(RetrievalError, match="gallery image not found"):
         retriever.index([str(tmp_path / "a.png")])
-    fresh = Retriever(retriever.model, retriever.tokenizer, retriever.cfg, retriever.device, retriever.stamp)
+    fresh = Retriever(retriever.model, retriever.tokenizer, retriever.cfg, retriever.device)
     with pytest.raises(RetrievalError, match="call index"):
         fresh.search("a man")
     retriever.index(list_images(trained_run.data / "imgs" / "test"))

@@ -70,23 +70,28 @@ def test_cli_english_in_a_subprocess(trained_run, tmp_path):
         assert frame_colour(out, n) == (figures.GREEN if m.group(6) == "match" else figures.RED)
 
 
-def test_cli_chinese_and_cache(trained_run, tmp_path, capsys):
+def test_cli_chinese_and_saved_index(trained_run, tmp_path, capsys):
     out = tmp_path / "ch.png"
-    cache = tmp_path / "cache"
-    search.main(args(trained_run, "ch", out, "--cache", str(cache)))
+    index = tmp_path / "index"
+    search.main(args(trained_run, "ch", out, "--index", str(index)))
     first = capsys.readouterr().out
+    assert f"index {index}: 0 kept, 36 added, 0 changed, 0 removed (new index)" in first
     reranked = check_output(first, trained_run, "ch", out)
     assert "ITM score for the top 8 re-ranked" in first
     assert all(m.group(2) != "-" for m in reranked)  # top 5 of the 8 re-ranked: all have an ITM score
-    search.main(args(trained_run, "ch", out, "--cache", str(cache), "--no-rerank"))
-    plain = check_output(capsys.readouterr().out, trained_run, "ch", out)
+    search.main(args(trained_run, "ch", out, "--index", str(index), "--no-rerank"))
+    second = capsys.readouterr().out
+    assert f"index {index}: 36 kept, 0 added" in second
+    plain = check_output(second, trained_run, "ch", out)
     assert all(m.group(2) == "-" for m in plain)
     cos = [float(m.group(3)) for m in plain]
     assert cos == sorted(cos, reverse=True)
     before = {m.group(4): m.group(3) for m in reranked}
     common = [m for m in plain if m.group(4) in before]
     assert common and all(before[m.group(4)] == m.group(3) for m in common)  # an image's cos does not change
-    assert len(list(cache.iterdir())) == 1
+    search.main(["--checkpoint", str(trained_run.checkpoint), "--index", str(index), "--query", "a man",
+                 "--top-k", "4", "--out", str(out)])  # the saved index alone
+    assert "4 of 36 images" in capsys.readouterr().out
 
 
 def test_query_id_and_folder_gallery_without_ids(trained_run, tmp_path, capsys):

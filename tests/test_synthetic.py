@@ -1,18 +1,24 @@
-"""Synthetic dataset: determinism, real annotation format, aligned translations, loadable tokenizer."""
+"""Synthetic dataset: determinism, real annotation format, aligned translations, loadable tokenizer, attribute mixes."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from data.annotations import load_split
-from synthetic.captions import CH_WORDS, COLOURS
-from synthetic.generate import main
+from synthetic.captions import (BAGS, BUILDS, CH_WORDS, COLOURS, GENDERS, HAIR_COLOURS, HAIR_STYLES, HATS, LOWERS,
+                                MIXES, OBJECTS, PATTERNS, SKINS, UPPERS, Identity, Mix, sample_identity)
+from synthetic.generate import build_annotations, main, sample_identities
+from synthetic.reference import write_reference_levels
 from tests.data_fixtures import make_synthetic
 from tests.model_fixtures import tiny_config
 
@@ -200,3 +206,101 @@ def test_cli(tmp_path, capsys):
         main(["--out", str(tmp_path / "x"), "--size", "big"])
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "x"), "--hidden-size", "30"])
+
+
+# Mix row -> (vocabulary, the Identity fields drawn from it); hair_style and lower have a row per gender.
+MIX_ROWS: dict[str, tuple[tuple | dict | range, tuple[str, ...]]] = {
+    "gender": (GENDERS, ("gender",)), "build": (BUILDS, ("build",)), "skin": (range(len(SKINS)), ("skin",)),
+    "hair_style": (HAIR_STYLES, ("hair_style",)), "hair_colour": (HAIR_COLOURS, ("hair_colour",)),
+    "upper": (UPPERS, ("upper",)), "pattern": (PATTERNS, ("pattern",)), "lower": (LOWERS, ("lower",)),
+    "colour": (COLOURS, ("upper_colour", "lower_colour", "shoes_colour", "bag_colour", "hat_colour")),
+    "bag": (BAGS, ("bag",)), "hat": (HATS, ("hat",)), "obj": (OBJECTS, ("obj",))}
+
+
+def _rows(mix: Mix) -> dict[str, tuple[float, ...]]:
+    """Every row of probabilities of ``mix``, a per-gender row named e.g. 'lower/man'."""
+    out = {}
+    for name in MIX_ROWS:
+        value = getattr(mix, name)
+        out.update({f"{name}/{g}": value[g] for g in GENDERS} if isinstance(value, dict) else {name: value})
+    return out
+
+
+@pytest.mark.parametrize("name", list(MIXES))
+def test_mix_rows_are_distributions_over_the_shared_vocabulary(name):
+    rows = _rows(MIXES[name])
+    assert set(MIX_ROWS) == {f.name for f in dataclasses.fields(Mix)}
+    assert {a for _, names in MIX_ROWS.values() for a in names} == {f.name for f in dataclasses.fields(Identity)}
+    for row, p in rows.items():
+        assert len(p) == len(MIX_ROWS[row.split("/")[0]][0]) and min(p) >= 0, row
+        assert math.isclose(sum(p), 1.0, abs_tol=1e-12), (row, sum(p))
+    assert rows["lower/man"][LOWERS.index("skirt")] == 0  # skirts only for women
+
+
+def test_default_mix_draws_the_people_it_drew_before_mixes_existed():
+    """Hashes recorded with the generator before mixes existed: the default mix keeps every
+    draw (uniform rows drawn without probabilities, a man's two lower garments as before)."""
+    people = sample_identities(11, {"train": 300, "val": 20, "test": 40})
+    assert people == sample_identities(11, {"train": 300, "val": 20, "test": 40}, "default")
+    assert hashlib.sha256(repr(people).encode()).hexdigest() == \
+        "dab417381c545898fc0b91caf48bd46510379b06fed20a3b16bee8f8886ce997"
+    rng = np.random.default_rng(5)
+    assert hashlib.sha256(repr([sample_identity(rng) for _ in range(2000)]).encode()).hexdigest() == \
+        "0bb4b8e57fe98e94f261a7ef95da58b6671b6f17df6228e76d439c6de51583c2"
+    with pytest.raises(ValueError, match="unknown mix 'odd'"):
+        sample_identities(0, {"train": 2, "val": 0, "test": 2}, "odd")
+
+
+def test_each_mix_draws_its_table_and_shifted_differs_from_default():
+    n = 2000
+    freqs = {}
+    for name, mix in MIXES.items():
+        rng = np.random.default_rng(1)
+        people = [sample_identity(rng, mix) for _ in range(n)]
+        for row, p in _rows(mix).items():
+            field, gender = (row.split("/") + [None])[:2]
+            vocab, names = MIX_ROWS[field]
+            values = [getattr(ident, a) for ident in people if gender in (None, ident.gender) for a in names]
+            seen = np.array([values.count(v) for v in vocab]) / len(values)
+            tol = 4.5 * np.sqrt(np.array(p) * (1 - np.array(p)) / len(values)) + 1e-9
+            assert (abs(seen - np.array(p)) <= tol).all(), (name, row, seen.round(3), p)
+            freqs[name, row] = seen
+    assert all(_rows(MIXES["shifted"])[row] != p for row, p in _rows(MIXES["default"]).items())
+    red, black, no_bag = list(COLOURS).index("red"), list(COLOURS).index("black"), BAGS.index("none")
+    assert abs(freqs["default", "colour"][red] - 1 / 11) < 0.01 and abs(freqs["shifted", "colour"][red] - 0.25) < 0.015
+    assert freqs["shifted", "colour"][black] < 0.045 < freqs["default", "colour"][black]
+    assert freqs["shifted", "bag"][no_bag] < 0.15 < 0.3 < freqs["default", "bag"][no_bag]
+    assert freqs["shifted", "gender"][GENDERS.index("woman")] > 0.6 > 0.55 > freqs["default", "gender"][1]
+
+
+def test_cli_mix_is_recorded_only_when_not_default_and_reuse_compares_it(tmp_path, capsys):
+    out = tmp_path / "mix"
+    args = ["--out", str(out), "--seed", "2", "--train-ids", "3", "--val-ids", "0", "--test-ids", "2",
+            "--images-per-id", "1", "--size", "32x16", "--hidden-size", "16", "--processes", "1", "--reuse"]
+    record = out / "generation.json"
+    main(args)
+    assert json.loads(record.read_text()) == {  # as written before mixes existed: old folders are still kept
+        "generator": 3, "seed": 2, "ids": {"train": 3, "val": 0, "test": 2},
+        "images_per_id": {"train": 1, "val": 1, "test": 1}, "size": [32, 16], "hidden_size": 16}
+    default_test = (out / "annos" / "test_reid_en.json").read_bytes()
+    capsys.readouterr()
+    main(args + ["--mix", "shifted"])  # another mix: generated again, and recorded
+    assert "wrote" in capsys.readouterr().out and json.loads(record.read_text())["mix"] == "shifted"
+    main(args + ["--mix", "shifted"])
+    assert capsys.readouterr().out.startswith("kept")
+    # the files are those of the shifted people, the reference levels included
+    people = sample_identities(2, {"train": 3, "val": 0, "test": 2}, "shifted")
+    assert people != sample_identities(2, {"train": 3, "val": 0, "test": 2})
+    annos = build_annotations(2, people, {"train": 1, "val": 1, "test": 1})
+    assert json.loads((out / "annos" / "test_reid_en.json").read_text()) == annos["test"]["en"]
+    assert (out / "annos" / "test_reid_en.json").read_bytes() != default_test
+    (tmp_path / "ref").mkdir()
+    write_reference_levels(tmp_path / "ref", 2, people, 1)
+    assert (tmp_path / "ref" / "reference_levels.json").read_bytes() == \
+        (out / "annos" / "reference_levels.json").read_bytes()
+    main(args + ["--mix", "default"])  # back to the default: the record's mix differs, generated again
+    assert "wrote" in capsys.readouterr().out and "mix" not in json.loads(record.read_text())
+    assert (out / "annos" / "test_reid_en.json").read_bytes() == default_test
+    with pytest.raises(SystemExit):
+        main(args + ["--mix", "odd"])
+    assert "invalid choice: 'odd'" in capsys.readouterr().err
