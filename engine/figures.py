@@ -140,17 +140,31 @@ def wrap(text: str, font: ImageFont.FreeTypeFont, width: int, max_lines: int) ->
 
 
 # ---------------------------------------------------------------------------- picture parts
-def thumbnail(path: str, size: tuple[int, int] = (THUMB_W, THUMB_H)) -> Image.Image:
-    """The image scaled (up or down, aspect kept) to fit ``size`` on a neutral background
-    (a grey cross if unreadable), so small crops are still visible."""
+def fitted(path: str, size: tuple[int, int]) -> Image.Image | None:
+    """The image scaled (up or down, aspect kept) to fit ``size``, so small crops are still
+    visible; None when it cannot be read."""
     w, h = size
-    cell = Image.new("RGB", size, THUMB_BACKGROUND)
     try:
         with Image.open(path) as img:
             img.draft("RGB", (w * 2, h * 2))
-            fitted = ImageOps.contain(img.convert("RGB"), size, Image.Resampling.BICUBIC)
-        cell.paste(fitted, ((w - fitted.width) // 2, (h - fitted.height) // 2))
+            return ImageOps.contain(img.convert("RGB"), size, Image.Resampling.BICUBIC)
     except (OSError, ValueError):
+        return None
+
+
+def fitted_box(image: Image.Image, size: tuple[int, int]) -> tuple[int, int]:
+    """Top-left corner of a ``fitted`` image centred in a ``size`` cell."""
+    return (size[0] - image.width) // 2, (size[1] - image.height) // 2
+
+
+def thumbnail(path: str, size: tuple[int, int] = (THUMB_W, THUMB_H)) -> Image.Image:
+    """The ``fitted`` image centred on a neutral background (a grey cross if unreadable)."""
+    w, h = size
+    cell = Image.new("RGB", size, THUMB_BACKGROUND)
+    image = fitted(path, size)
+    if image is not None:
+        cell.paste(image, fitted_box(image, size))
+    else:
         d = ImageDraw.Draw(cell)
         d.line((0, 0, w, h), fill=GREY, width=2)
         d.line((0, h, w, 0), fill=GREY, width=2)

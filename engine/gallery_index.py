@@ -222,8 +222,16 @@ def _truncate(folder: Path, meta: dict) -> int:
     return int(offsets[-1])
 
 
-def _append(folder: Path, meta: dict, feats: np.ndarray, stamps: list[Stamp]) -> None:
-    """Add rows at the end of the data files, then count them in index.json."""
+def new_index(folder: Path, checkpoint: str, dim: int, root: str) -> dict:
+    """An empty index in ``folder`` (replacing none); returns its metadata for :func:`append_rows`."""
+    meta = _new_generation(folder, None, checkpoint, dim, root)
+    _write_meta(folder, meta)
+    return meta
+
+
+def append_rows(folder: Path, meta: dict, feats: np.ndarray, stamps: list[Stamp]) -> None:
+    """Add rows (features [n, dim], their images' stamps) at the end of the data files, then count them in
+    index.json: the one way rows get into an index (:func:`sync_index`, benchmarks/search_index.py)."""
     end = _truncate(folder, meta)
     lines = [f"{rel}\t{size}\t{mtime}\n".encode() for rel, size, mtime in stamps]
     with open(folder / meta["features"], "ab") as f:
@@ -243,7 +251,7 @@ def _compact(folder: Path, old: dict, keep_rows: list[int], stamps: list[Stamp])
     feats = index.features()
     for s in range(0, len(keep_rows), SCAN_ROWS):
         rows = keep_rows[s:s + SCAN_ROWS]
-        _append(folder, meta, feats[rows], stamps[s:s + SCAN_ROWS])
+        append_rows(folder, meta, feats[rows], stamps[s:s + SCAN_ROWS])
     _switch(folder, old, meta)
     return meta
 
@@ -295,11 +303,11 @@ def sync_index(folder: str | os.PathLike, root: str | os.PathLike, rels: Sequenc
         for s in range(0, len(todo), chunk):
             part = todo[s:s + chunk]
             feats = encode([os.path.join(root, rel) for rel, _, _ in part])
-            _append(folder, meta, feats.float().cpu().numpy(), part)
+            append_rows(folder, meta, feats.float().cpu().numpy(), part)
             bar.update(len(part))
     return SyncReport(kept=len(keep), added=len(todo) - changed, changed=changed, removed=gone - changed,
                       reason=reason)
 
 
-__all__ = ["ENCODE_CHUNK", "INDEX_FILE", "GalleryIndexError", "SavedIndex", "SyncReport", "image_stamp", "sync_index",
-           "top_rows"]
+__all__ = ["ENCODE_CHUNK", "INDEX_FILE", "GalleryIndexError", "SCAN_ROWS", "SavedIndex", "SyncReport", "append_rows",
+           "image_stamp", "new_index", "sync_index", "top_rows"]

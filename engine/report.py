@@ -6,7 +6,10 @@
   language a metrics table (formatted from the very dict that goes to metrics.json), its
   CMC values and the example queries with their top-5 as text; when the top k > 1 was
   re-ranked, ITC against the ITM re-ranking on the queries re-ranking decides;
-* ``cmc.png`` and ``examples.png``: the pictures of engine/figures.py.
+* ``cmc.png`` and ``examples.png``: the pictures of engine/figures.py;
+* ``explain.png``, only when given a model to explain with (the final report of training):
+  the top hits of example queries with each query word's cross-attention heat maps
+  (engine/explain.py, engine/explain_figure.py).
 
 The reference levels table is engine/reference_levels.py.
 """
@@ -16,7 +19,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.explain_figure import Explainer, report_explanations
 from engine.figures import CMC_RANKS, EXAMPLES_TOP, draw_cmc, draw_examples, pick_examples, save_png
+from engine.open_set import open_set_summary, open_set_table
 from engine.reference_levels import SUMMARY_METRICS, read_levels, reference_table
 from engine.run_card import report_summary
 from utils.checkpoint import atomic_write
@@ -44,15 +49,17 @@ def summary_table(results: dict[str, EvalResult], notes: dict[str, dict[str, str
 
 def markdown(results: dict[str, EvalResult], sets: dict[str, EvalData], split: str,
              notes: dict[str, dict[str, str]] | None = None, levels: dict[str, dict[str, float]] | None = None,
-             card: dict[str, Any] | None = None) -> str:
+             card: dict[str, Any] | None = None, explained: bool = False) -> str:
     """report.md's text: the run card's summary (when given), summary, reference levels and
-    re-ranking tables, then one section per language."""
+    re-ranking tables, then one section per language; ``explained``: link explain.png too."""
     lines = [f"# Evaluation report ({split} split)", "", *(report_summary(card) if card else []),
              "Metrics in percent over the queries that have a match in the gallery; "
              "the same numbers as metrics.json.", "", *summary_table(results, notes), "",
              "Reference levels:", "", *reference_table(results, sets, levels), "", *rerank_pairs_table(results),
+             *open_set_table({lang: open_set_summary(r.open_set) for lang, r in results.items() if r.open_set}),
              "![CMC curve](cmc.png)", "",
-             "![Example queries](examples.png)", ""]
+             "![Example queries](examples.png)", "",
+             *(["![Why these images: where each query word looks](explain.png)", ""] if explained else [])]
     for lang, r in results.items():
         data = sets[lang]
         cmc = cmc_curve(r.stats, CMC_RANKS)
@@ -96,15 +103,19 @@ def rerank_pairs_table(results: dict[str, EvalResult]) -> list[str]:
 
 def write_reports(out: Path, results: dict[str, EvalResult], sets: dict[str, EvalData], split: str,
                   notes: dict[str, dict[str, str]] | None = None, reference_dir: str | None = None,
-                  card: dict[str, Any] | None = None) -> None:
+                  card: dict[str, Any] | None = None, explain: Explainer | None = None) -> None:
     """report.md, cmc.png and examples.png in ``out`` for one evaluation (results and sets per
     language, any number of languages); ``notes`` per language (same keys for each: e.g.
     role, projection, checkpoint) become columns of report.md's summary table; ``reference_dir``
     (the annotation folder) may hold the reference levels of ``reference_table``; ``card`` (the
     run card, engine/run_card.py) is summarised under the title, so the numbers come with how
-    the batch was formed and how the run differs from the published setup."""
+    the batch was formed and how the run differs from the published setup. ``explain``
+    (caption, language, image paths -> ``engine.explain.Explanation`` per path; e.g.
+    ``engine.explain.explain`` bound to a model) adds explain.png, linked from report.md."""
     out = Path(out)
-    text = markdown(results, sets, split, notes, read_levels(reference_dir, split), card)
+    if explain is not None:  # first, so report.md never links a picture that failed
+        save_png(report_explanations(results, sets, explain), out / "explain.png")
+    text = markdown(results, sets, split, notes, read_levels(reference_dir, split), card, explain is not None)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     draw_cmc(results, out / "cmc.png", split)
     save_png(draw_examples(results, sets), out / "examples.png")

@@ -18,6 +18,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from tqdm import tqdm
 from data.annotations import has_split, split_languages
 from data.loader import build_eval_data, build_train_loader
 from engine.evaluate import EvalResult, evaluate_language
+from engine.explain import Explanation, explain
 from engine.report import write_reports
 from engine.run_card import run_rows, write_card
 from engine.step import build_train_step
@@ -117,6 +119,7 @@ class Trainer:
         self.loader = None
         self.num_ids = 0
         self.card: dict[str, Any] | None = None  # the run card (rank 0), summarised atop report.md
+        self.loaded: str | None = None  # name of the checkpoint whose weights the model holds (final evaluation)
 
     def setup_model(self, for_training: bool) -> None:
         """Tokenizer, then (for training) the loader, whose identity count sizes the ID head, then the model."""
@@ -148,17 +151,30 @@ class Trainer:
                         "checkpoint": checkpoints[lang]} for lang in results}
         if self.dist.is_main:
             atomic_write(self.out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
-            write_reports(self.out, results, sets, split, notes, reference_dir=cfg.anno_dir, card=self.card)
+            write_reports(self.out, results, sets, split, notes, reference_dir=cfg.anno_dir, card=self.card,
+                          explain=self.explainer(checkpoints))
             print(f"{split} results ({cfg.model.saved_path}):")
             print(format_table(metrics), flush=True)
         self.log.write("final", split=split, metrics=metrics, languages=notes)
         return metrics
+
+    def explainer(self, checkpoints: dict[str, str]) -> Callable[[str, str, list[str]], list[Explanation]]:
+        """The final report's ``explain`` (engine/explain.py): each language is explained with the
+        weights it was evaluated with, ``checkpoints[lang]`` under the output folder, loaded when
+        the model holds another checkpoint's."""
+        def run(caption: str, lang: str, paths: list[str]) -> list[Explanation]:
+            if checkpoints[lang] != self.loaded:
+                load_model_weights(self.model, str(self.out / checkpoints[lang]))
+                self.loaded = checkpoints[lang]
+            return explain(self.model, self.tokenizer, self.cfg, caption, lang, paths, self.device)
+        return run
 
     def evaluate_checkpoint(self, path: str) -> dict[str, dict[str, float]]:
         ckpt = read_checkpoint(path)
         self.num_ids = int(ckpt.get("num_ids", 0))
         self.setup_model(for_training=False)
         load_model_weights(self.model, path, ckpt)
+        self.loaded = Path(path).name
         sets = self.eval_sets("test")
         if self.dist.is_main:
             self.write_card(sets, "test", weights=path)
@@ -349,6 +365,7 @@ class Trainer:
         results = {}
         for name in dict.fromkeys(used.values()):  # each checkpoint loaded once
             load_model_weights(self.model, str(self.out / name))
+            self.loaded = name
             results.update({lang: evaluate_language(self.model, cfg, test_sets[lang], tl, dev)
                             for lang, tl in languages(cfg) if used[lang] == name})
         return self.finish({lang: results[lang] for lang in used}, test_sets, "test", used)

@@ -144,6 +144,12 @@ class BiIRRA(nn.Module):
         hidden = self.fuse_text(self.encode_text(ids, mask), mask, image_kv=image_kv)
         return self.mlm_head(hidden[positions])
 
+    def cross_attention(self, text_embeds: torch.Tensor, text_mask: torch.Tensor,
+                        image_embeds: torch.Tensor) -> list[torch.Tensor]:
+        """Per fusion layer, where each text token looks in the image: cross-attention
+        probabilities [B, heads, L, 1 + N] (eval mode, no gradient; engine/explain.py)."""
+        return self.cross_encoder.cross_attention_maps(text_embeds, text_mask, image_embeds)
+
     @torch.no_grad()
     def mim_teacher(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """D-MIM target: unmasked image tokens as queries over the source caption, no gradient."""

@@ -6,9 +6,15 @@ Queries can be text tokens (image as context: ITM, MLM, re-ranking) or image tok
 as context: D-MIM). The cross-attention keys/values of every layer depend only on the
 context, so they can be computed once per image with :meth:`FusionEncoder.cross_kv` and
 reused for many captions; the result is identical to passing the context itself.
+
+The layers attend with ``F.scaled_dot_product_attention``, which returns no weights; for
+explanations (engine/explain.py), :meth:`FusionEncoder.cross_attention_maps` runs the same
+layers in eval mode and also returns each layer's cross-attention probabilities, written
+out with a matmul and a softmax beside the unchanged SDPA path.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -55,6 +61,20 @@ class AttentionProjections(nn.Module):
                                              dropout_p=self.dropout if self.training else 0.0)
         b, h, n, dh = out.shape
         return out.transpose(1, 2).reshape(b, n, h * dh)
+
+    def probabilities(self, x: torch.Tensor, kv: KV, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """The attention weights [B, heads, Lq, Lk] that ``forward`` applies without dropout:
+        softmax(Q K^T / sqrt(head_dim)), masked positions (False in ``attn_mask``) at 0.
+
+        Written out because SDPA returns no weights; ``forward`` itself stays on SDPA so
+        training and evaluation numbers do not change.
+        """
+        q = self._split(self.query(x))
+        k, _ = kv
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        return scores.softmax(dim=-1)
 
 
 class AddNorm(nn.Module):
@@ -109,6 +129,14 @@ class FusionLayer(nn.Module):
         x = self.crossattention(x, cross_kv, cross_mask)
         return self.output(self.intermediate(x), x)
 
+    def forward_with_cross_attention(self, x: torch.Tensor, self_mask: torch.Tensor | None, cross_kv: KV,
+                                     cross_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward``'s output and its cross-attention probabilities [B, heads, Lq, Lk] (eval mode)."""
+        x = self.attention(x, self.attention.self.kv(x), self_mask)
+        probs = self.crossattention.self.probabilities(x, cross_kv, cross_mask)
+        x = self.crossattention(x, cross_kv, cross_mask)
+        return self.output(self.intermediate(x), x), probs
+
 
 class FusionEncoder(nn.Module):
     """``num_layers`` fusion layers (the top of the published 18-layer text stack)."""
@@ -152,6 +180,23 @@ class FusionEncoder(nn.Module):
             else:
                 hidden = layer(hidden, self_mask, kv, cross_mask)
         return hidden
+
+    @torch.no_grad()
+    def cross_attention_maps(self, hidden: torch.Tensor, mask: torch.Tensor | None, context: torch.Tensor,
+                             context_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Cross-attention probabilities [B, heads, L, Lk] of every layer, first layer first,
+        when ``hidden`` (padding ``mask``) reads ``context`` (``context_mask``) as in ``forward``.
+
+        Eval mode only: with dropout on, SDPA would not apply these weights.
+        """
+        if self.training:
+            raise RuntimeError("cross_attention_maps needs eval mode (dropout changes the weights applied)")
+        self_mask, cross_mask = padding_mask(mask), padding_mask(context_mask)
+        maps = []
+        for layer, kv in zip(self.layer, self.cross_kv(context)):
+            hidden, probs = layer.forward_with_cross_attention(hidden, self_mask, kv, cross_mask)
+            maps.append(probs)
+        return maps
 
     def first_token_pairs(self, hidden: torch.Tensor, mask: torch.Tensor, pair_text: torch.Tensor,
                           pair_kv: Callable[[int], KV]) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 ``main.py`` trains it (in a subprocess, as a user would) on a synthetic dataset of 12
 training identities x 3 images, then evaluates it on 6 test identities, which also
-writes metrics.json, report.md, cmc.png and examples.png. A few hundred steps on a CPU do
-not make a tiny model generalise to new people, so the search tests query the training
+writes metrics.json, report.md, cmc.png, examples.png and explain.png. A few hundred steps
+on a CPU do not make a tiny model generalise to new people, so the search tests query the training
 images with their training captions: retrieval must then work, since that is what the
 model was fit to. The recipe that makes it fit in about 30 s (one thread): ITM weighted 4
 (as published) and two fusion layers so that the re-ranker learns too (with one, or with a

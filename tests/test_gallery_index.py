@@ -153,3 +153,20 @@ def test_unusable_index_folders_are_one_line_errors(tmp_path):
     (tmp_path / "ix" / index.meta["images"]).unlink()
     with pytest.raises(GalleryIndexError, match="is missing"):
         SavedIndex.open(tmp_path / "ix")
+
+
+def test_benchmark_index_is_a_real_index_of_unit_rows_naming_real_images(tmp_path):
+    from benchmarks.search_index import write_index
+
+    root = tmp_path / "imgs"
+    for i in range(3):
+        write_image(root / f"{i}.png", i)
+    write_index(tmp_path / "ix", str(root), rows=70_000, dim=4, checkpoint="c")  # more than one block of rows
+    index = SavedIndex.open(tmp_path / "ix")
+    assert len(index) == 70_000 and index.dim == 4
+    feats = torch.from_numpy(np.array(index.features()))
+    assert torch.allclose(feats.norm(dim=1), torch.ones(70_000), atol=1e-5)
+    assert [os.path.basename(p) for p in index.paths([0, 1, 2, 3, 69_999])] == ["0.png", "1.png", "2.png", "0.png",
+                                                                            "0.png"]
+    scores, rows = index.top(feats[12_345], 3)
+    assert rows[0] == 12_345 and scores[0] == pytest.approx(1.0, abs=1e-5)

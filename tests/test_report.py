@@ -15,6 +15,7 @@ from PIL import Image
 
 from engine import figures, report
 from engine.evaluate import EvalResult
+from engine.open_set import open_set_summary
 from engine.report import write_reports
 from tests.image_checks import CYCLE, assert_series_drawn, axes_boxes, pixels
 from utils.metrics import per_query_stats, summarize
@@ -144,6 +145,24 @@ def test_report_of_a_training_run_matches_its_metrics_json(trained_run):
         assert values == sorted(values) and values[-1] == 100.0  # 18 test images, 3 per person: all found by rank 16
     assert_cmc_png(run / "cmc.png", cmc)
     assert_examples_png(run / "examples.png", report_examples(text))
+    open_rows = [line for line in text.splitlines() if re.match(r"\| (en|ch) \| (itm|cosine) \|", line)]
+    assert len(open_rows) == 2 * len(metrics)  # the open-set table: both scores of every language
+
+
+def test_open_set_table_in_the_report():
+    stats = {"first": torch.tensor([1, 2]), "ap": torch.tensor([1.0, 0.5]), "inp": torch.tensor([1.0, 0.5]),
+             "valid": torch.tensor([True, True]), "top": torch.tensor([[0, 1], [1, 0]])}
+    data = SimpleNamespace(gallery_pids=torch.tensor([0, 1]), query_pids=torch.tensor([0, 1]), captions=["a", "b"],
+                           gallery_paths=["g/0.png", "g/1.png"])
+    trials = {"cosine_best": torch.tensor([0.9, 0.4]), "cosine_right": torch.tensor([True, False]),
+              "cosine_absent": torch.tensor([0.3, 0.2])}
+    m = summarize(stats)
+    text = report.markdown({"en": EvalResult(m, stats, open_set=trials)}, {"en": data}, "test")
+    row = next(line for line in text.splitlines() if line.startswith("| en | cosine |"))
+    want = open_set_summary(trials)["cosine"]
+    assert row == "| en | cosine | " + " | ".join(f"{r['tmr']:.2f} ({r['threshold']:.3f})" for r in want) + " |"
+    assert row.startswith("| en | cosine | 50.00 (0.300)")  # query 0 right above the best impostor score
+    assert "Open set" not in report.markdown({"en": EvalResult(m, stats)}, {"en": data}, "test")
 
 
 def test_files_and_their_content(tmp_path):

@@ -169,3 +169,27 @@ def test_chinese_query_is_drawn_in_a_cjk_font(trained_run, tmp_path, monkeypatch
     assert texts[0] == line and "not drawn" not in capsys.readouterr().out
     with Image.open(out) as im:
         assert im.size == grid_size(3)
+
+
+def test_explain_draws_one_row_per_hit_with_the_words_of_the_query(trained_run, tmp_path, monkeypatch, capsys):
+    from engine import explain_figure
+
+    out = tmp_path / "explain.png"
+    search.main(args(trained_run, "en", out, "--explain", "--top-k", "2", "--threshold", "0.5"))
+    stdout = capsys.readouterr().out
+    lines = [line.removesuffix("  [above threshold]") for line in stdout.splitlines()]
+    paths = [m.group(4) for m in map(ROW.match, lines) if m]
+    assert len(paths) == 2
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.height > 2 * search.THUMB[1]
+    drawn = []
+    monkeypatch.setattr(explain_figure, "draw_explanations", lambda header, rows, path: drawn.append((header, rows))
+                        or (1, 1))
+    search.main(args(trained_run, "en", out, "--explain", "--top-k", "2", "--threshold", "0.5"))
+    header, rows = drawn[0]
+    assert [e.path for _, _, e in rows] == paths  # one row per hit, in rank order
+    assert header[0].startswith("query (en): ") and "ITM > 0.500 (given)" in header[2]
+    assert all(label.split("\n")[-1] in ("above T", "below T") for label, _, _ in rows)
+    words = [w for w, _ in rows[0][2].words]
+    query = trained_run.train_entries("en")[0]["captions"][0].lower()
+    assert words and all(w.lower() in query for w in words) and "a" not in words  # content words of the query

@@ -68,6 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(ITM when re-ranked, else cosine), otherwise the answer is 'no match'")
     p.add_argument("--fmr", type=float, default=0.05, help="false-match rate --threshold auto is calibrated for")
     p.add_argument("--calibration-split", default="val", help="labelled split --threshold auto is calibrated on")
+    p.add_argument("--explain", action="store_true",
+                   help="draw, for each hit, where each content word of the query looked (fusion cross-attention)")
+    p.add_argument("--explain-layers", choices=("last", "mean"), default="last",
+                   help="with --explain: the last fusion layer's attention, or the mean over all fusion layers")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = p.parse_args(argv)
     if args.top_k < 1:
@@ -264,9 +268,28 @@ def run(args: argparse.Namespace) -> None:
         verdict = (f"no match above threshold {threshold.describe()}" if not any(passed) else
                    f"{sum(passed)} hit(s) above threshold {threshold.describe()}")
         print(verdict)
-    below = [not ok for ok in passed] if threshold is not None else None
-    size = draw_grid(args.query, lang, how, hits, marks, Path(args.out), verdict, below)
+    if args.explain:
+        size = draw_explained(args, retriever, lang, how, hits, marks, verdict, passed)
+    else:
+        below = [not ok for ok in passed] if threshold is not None else None
+        size = draw_grid(args.query, lang, how, hits, marks, Path(args.out), verdict, below)
     print(f"wrote {args.out} ({size[0]}x{size[1]})")
+
+
+def draw_explained(args: argparse.Namespace, retriever: Retriever, lang: str, how: str, hits: list[Hit],
+                   marks: list[bool | None], verdict: str | None, passed: list[bool]) -> tuple[int, int]:
+    """The --explain picture: per hit, its image and one attention map per content word of the query."""
+    from engine.explain import explain
+    from engine.explain_figure import draw_explanations
+
+    found = explain(retriever.model, retriever.tokenizer, retriever.cfg, args.query, lang, [h.path for h in hits],
+                    retriever.device, layers=args.explain_layers)
+    labels = [cell_label(i + 1, h) + ("" if verdict is None else "\nabove T" if ok else "\nbelow T")
+              for i, (h, ok) in enumerate(zip(hits, passed))]
+    layer = "last fusion layer" if args.explain_layers == "last" else "mean over the fusion layers"
+    header = [query_line(args.query, lang), f"score: {how}", *([verdict] if verdict else []),
+              f"maps: cross-attention of each word on the image ({layer}, mean over heads; red = most)"]
+    return draw_explanations(header, list(zip(labels, marks, found)), Path(args.out))
 
 
 def main(argv: list[str] | None = None) -> None:
