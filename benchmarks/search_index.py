@@ -36,14 +36,14 @@ QUERIES = ("a woman in a red coat with a black backpack", "a man wearing a blue 
            "a slim woman with long blonde hair carries a handbag", "a man in a green jacket holding an umbrella")
 
 
-def write_index(folder: Path, root: str, rows: int, dim: int, checkpoint: str, seed: int = 0) -> float:
+def write_index(folder: Path, root: str, rows: int, dim: int, encoder: str, seed: int = 0) -> float:
     """An index of ``rows`` random unit vectors naming the images of ``root`` in turn; returns seconds taken."""
     start = time.perf_counter()
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     rels = [os.path.relpath(p, root) for p in list_images(root)]
-    meta = new_index(folder, checkpoint, dim, os.path.realpath(root))
+    meta = new_index(folder, encoder, dim, os.path.realpath(root))
     g = torch.Generator().manual_seed(seed)
     for s in range(0, rows, SCAN_ROWS):
         n = min(SCAN_ROWS, rows - s)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     model = Retriever.from_checkpoint(args.checkpoint)
     dim = model.model.vision_proj.out_features
     rows = []
-    built = write_index(out, args.images, args.rows, dim, model.checkpoint_sha256)
+    built = write_index(out, args.images, args.rows, dim, model.fingerprint(images_only=True))
     sizes = size_on_disk(out)
     print(f"index of {args.rows:,} rows x {dim}: written in {built:.1f} s; files: "
           + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sorted(sizes.items())))

@@ -5,10 +5,11 @@ of engine/open_set.py (every query against the full gallery, and against the gal
 without its own person) and keeps, for the cosine score and for the re-ranked ITM score,
 the threshold whose false-match rate on that split is the target (default 5%).
 
-A calibration belongs to one checkpoint (its SHA-256), query language, split, target rate
-and re-ranking setup (``model.k_test``, ``model.rerank_score``); ``CalibrationStore`` keeps
-any number of them in one JSON file: ``calibration.json`` in a saved index folder, or
-``<checkpoint>.calibration.json`` beside the checkpoint.
+A calibration belongs to one model (``Retriever.fingerprint()``: the checkpoint's bytes, the
+config it runs with, e.g. ``model.k_test`` and ``model.rerank_score``, and the evaluation
+precision), one annotation file (its SHA-256), query language, split and target rate;
+``CalibrationStore`` keeps any number of them in one JSON file: ``calibration.json`` in a
+saved index folder, or ``<checkpoint>.calibration.json`` beside the checkpoint.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from data.annotations import annotation_path
 from data.datasets import build_eval_data
 from engine.evaluate import evaluate_language
+from engine.retriever import file_sha256
 from engine.open_set import rates, threshold_at
 from utils.checkpoint import atomic_write
 from utils.config import uses_tl_proj
@@ -35,7 +37,8 @@ class CalibrationError(InputError):
 @dataclass(frozen=True)
 class Calibration:
     """Thresholds at a target false-match rate, with what they were measured on."""
-    checkpoint: str  # SHA-256 of the checkpoint file
+    fingerprint: str  # Retriever.fingerprint() of the model
+    data: str  # SHA-256 of the split's annotation file
     lang: str
     split: str
     fmr: float  # target false-match rate, a fraction
@@ -47,7 +50,7 @@ class Calibration:
     reached_fmr: dict[str, float]  # false-match rate reached on the calibration split, percent
 
     def key(self) -> tuple:
-        return self.checkpoint, self.lang, self.split, self.fmr, self.k_test, self.rerank_score
+        return self.fingerprint, self.data, self.lang, self.split, self.fmr
 
     def threshold(self, reranked: bool) -> tuple[str, float]:
         """(score name, threshold) for a search with or without re-ranking."""
@@ -55,15 +58,26 @@ class Calibration:
         return score, self.thresholds[score]
 
 
+def labelled_queries(retriever, lang: str, split: str) -> Path:
+    """The annotation file a calibration reads, or a one-line error naming it."""
+    path = annotation_path(retriever.cfg, split, lang)
+    if not path.is_file():
+        raise CalibrationError(f"calibration needs labelled {lang} queries of the {split} split: {path} not found "
+                               "(choose another split with --calibration-split)")
+    return path
+
+
+def calibration_key(retriever, lang: str, split: str, fmr: float) -> tuple:
+    """What a stored calibration must match to be reused (``Calibration.key``)."""
+    return retriever.fingerprint(), file_sha256(labelled_queries(retriever, lang, split)), lang, split, fmr
+
+
 def calibrate(retriever, lang: str, split: str = "val", fmr: float = DEFAULT_FMR) -> Calibration:
     """Thresholds at ``fmr`` from ``split``'s ``lang`` queries with the retriever's model, config and device."""
     cfg = retriever.cfg
     if not 0 < fmr < 1:
         raise CalibrationError(f"the false-match rate must be between 0 and 1, got {fmr}")
-    path = annotation_path(cfg, split, lang)
-    if not path.is_file():
-        raise CalibrationError(f"calibration needs labelled {lang} queries of the {split} split: {path} not found "
-                               "(choose another split with --calibration-split)")
+    fingerprint, data_sha, *_ = calibration_key(retriever, lang, split, fmr)
     data = build_eval_data(cfg, split, lang, retriever.tokenizer)
     trials = evaluate_language(retriever.model, cfg, data, uses_tl_proj(cfg, lang), retriever.device,
                                open_set=True).open_set
@@ -72,7 +86,7 @@ def calibrate(retriever, lang: str, split: str = "val", fmr: float = DEFAULT_FMR
         if f"{score}_absent" in trials:
             thresholds[score] = threshold_at(trials[f"{score}_absent"], fmr)
             tmr[score], reached[score] = rates(trials, score, thresholds[score])
-    return Calibration(retriever.checkpoint_sha256, lang, split, fmr, cfg.model.k_test, cfg.model.rerank_score,
+    return Calibration(fingerprint, data_sha, lang, split, fmr, cfg.model.k_test, cfg.model.rerank_score,
                        len(trials["cosine_best"]), thresholds, tmr, reached)
 
 
@@ -109,9 +123,7 @@ def stored_or_calibrate(retriever, store: CalibrationStore, lang: str, split: st
                         fmr: float = DEFAULT_FMR) -> tuple[Calibration, bool]:
     """(calibration, whether it was computed now): the stored one for this checkpoint and setup, else a new
     one, which is then stored."""
-    cfg = retriever.cfg
-    key = (retriever.checkpoint_sha256, lang, split, fmr, cfg.model.k_test, cfg.model.rerank_score)
-    found = store.find(key)
+    found = store.find(calibration_key(retriever, lang, split, fmr))
     if found is not None:
         return found, False
     cal = calibrate(retriever, lang, split, fmr)
@@ -119,4 +131,5 @@ def stored_or_calibrate(retriever, store: CalibrationStore, lang: str, split: st
     return cal, True
 
 
-__all__ = ["Calibration", "CalibrationError", "CalibrationStore", "DEFAULT_FMR", "calibrate", "stored_or_calibrate"]
+__all__ = ["Calibration", "CalibrationError", "CalibrationStore", "DEFAULT_FMR", "calibrate", "calibration_key",
+           "labelled_queries", "stored_or_calibrate"]

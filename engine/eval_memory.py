@@ -14,6 +14,8 @@ under ``model.eval_amp`` on CUDA):
 * the keys/values gathered for one fusion batch: 2 x test_batch_size x T D b
 * the similarities of one chunk of queries: chunk x G x 21 (fp32 scores, int64 order and ids, bool)
 * top-k indices and ITM scores: Q k 12
+* the open-set trials' membership test (engine/open_set.py) for one chunk of queries: chunk x k x k
+  bools (the few extra candidates per query it finds are not counted)
 """
 from __future__ import annotations
 
@@ -98,6 +100,7 @@ def estimate(cfg: Config, processes: int | None = None, local_processes: int | N
             "keys/values gathered for one fusion batch": 2 * batch * tokens * width * b,
             "similarities of one query chunk": min(CHUNK, q_local) * g * 21,
             "top-k indices and ITM scores": q_local * k * 12,
+            "open-set membership test of one query chunk": min(CHUNK, q_local) * k * k,
         }
         est = EvalMemory(split, lang, g, q_local, processes, budget, math.ceil(needed / per_block), buffers)
         if best is None or est.total > best.total:

@@ -18,13 +18,14 @@ summed across processes.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from engine.amp import autocast, eval_dtype
-from engine.open_set import absent_topk, extra_candidates, open_set_chunk
+from engine.open_set import Reranked, impostor_candidates, open_set_chunk
 from engine.rerank import rerank_fast
 from utils.config import Config
 from utils.distributed import all_gather_no_grad, get_rank, get_world_size
@@ -176,27 +177,35 @@ def evaluate(model, data, *, target: bool, k_test: int, batch_size: int, num_wor
     feats = [encode_queries(model, q_ids[s:s + chunk], q_mask[s:s + chunk], target, batch_size, device, dtype)[1]
              for s in starts]
     q_feats = torch.cat(feats) if feats else g_feats.new_zeros(0, g_feats.shape[1])
-    scores = topk = extra = None
+    scores = topk = None
     rerank_args = dict(chunk=chunk, batch_size=batch_size, device=device, kv_budget=kv_budget, dtype=dtype, score=score)
     if rerank and k > 0:
         topk = [similarity_order(q_feats[s:s + chunk] @ g_feats.t())[:, :k] for s in starts]
         topk = torch.cat(topk) if topk else torch.zeros(0, k, dtype=torch.long, device=device)
         scores = rerank_fast(model, text, topk, g_embeds, **rerank_args)
-        if open_set:
-            absent = [absent_topk(q_feats[s:s + chunk] @ g_feats.t(), g_pids[None, :] == q_pids[s:s + chunk, None], k)
-                      for s in starts]
-            extra = extra_candidates(topk, torch.cat(absent) if absent else topk)
-            extra = (*extra, rerank_fast(model, text, extra[0], g_embeds, **rerank_args))
     parts, itc_parts, split_counts = rank_chunks(q_feats, g_feats, g_pids, q_pids, starts, chunk, k, scores, device)
     result = gather_result(parts, itc_parts, split_counts, scores is not None, k, g_feats.shape[0], device)
     if open_set:
-        trials = []
-        for s in starts:
-            rows = slice(s, s + chunk)
-            reranked = (topk[rows], scores[rows], extra[0][rows], extra[2][rows], extra[1][rows]) if extra else (None,) * 5
-            trials.append(open_set_chunk(q_feats[rows] @ g_feats.t(), g_pids, q_pids[rows], *reranked))
-        result.open_set = gather_trials(trials, scores is not None, device)
+        result.open_set = open_set_trials(q_feats, g_feats, g_pids, q_pids, starts, chunk, topk, scores,
+                                          lambda idx: rerank_fast(model, text, idx, g_embeds, **rerank_args), device)
     return result
+
+
+def open_set_trials(q_feats: torch.Tensor, g_feats: torch.Tensor, g_pids: torch.Tensor, q_pids: torch.Tensor,
+                    starts: range, chunk: int, topk: torch.Tensor | None, scores: torch.Tensor | None,
+                    rescore: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The open-set trials of the local queries (engine/open_set.py), gathered from every process.
+    With re-ranking, ``rescore(indices [Q, m])`` scores the impostor trials' new candidates."""
+    if scores is not None:
+        extra, valid = impostor_candidates(q_feats, g_feats, g_pids, q_pids, topk, starts, chunk)
+        extra_scores = rescore(extra)
+    trials = []
+    for s in starts:
+        rows = slice(s, s + chunk)
+        reranked = None if scores is None else Reranked(topk[rows], scores[rows], extra[rows], extra_scores[rows],
+                                                        valid[rows])
+        trials.append(open_set_chunk(q_feats[rows] @ g_feats.t(), g_pids, q_pids[rows], reranked))
+    return gather_trials(trials, scores is not None, device)
 
 
 def gather_trials(parts: list[dict[str, torch.Tensor]], reranked: bool, device: torch.device) -> dict[str, torch.Tensor]:
@@ -208,10 +217,10 @@ def gather_trials(parts: list[dict[str, torch.Tensor]], reranked: bool, device: 
 
 
 def evaluate_language(model, cfg: Config, data, target: bool, device: torch.device,
-                      gallery: tuple[torch.Tensor, torch.Tensor] | None = None, open_set: bool = True) -> EvalResult:
+                      gallery: tuple[torch.Tensor, torch.Tensor] | None = None, open_set: bool = False) -> EvalResult:
     """:func:`evaluate` with the run's protocol: ``model.k_test``, ``model.rerank_score``, the
     evaluation precision, ``data.test_batch_size`` and ``data.num_workers``; ``target``: the
-    query projection (``utils.config.uses_tl_proj``); with the open-set trials by default."""
+    query projection (``utils.config.uses_tl_proj``); ``open_set``: also the open-set trials."""
     return evaluate(model, data, target=target, k_test=cfg.model.k_test, batch_size=cfg.data.test_batch_size,
                     num_workers=cfg.data.num_workers, device=device, dtype=eval_dtype(cfg, device),
                     score=cfg.model.rerank_score, gallery=gallery, open_set=open_set)

@@ -2,22 +2,25 @@
 
 Encoding a gallery is the slow part of a search; this keeps its result. The folder holds
 
-* ``index.json``: format version, the checkpoint's SHA-256, the feature size, the image
-  root, the number of images and the names of the three data files below. Written last
-  and atomically, so it always describes complete data: rows past its count (an
-  interrupted encoding) are cut off before the next append.
+* ``index.json``: format version, the encoder fingerprint (of the checkpoint's bytes, the
+  image size and the evaluation precision), the feature size, the image root, the number of images and
+  the names of the three data files below. Written last and atomically, after the data
+  files are flushed to disk, so it always describes complete data: rows past its count
+  (an interrupted encoding) are cut off before the next append.
 * ``features-<gen>.f32``: [count, dim] float32, row i the L2-normalised feature of image i.
-* ``images-<gen>.tsv``: line i = path relative to the root, size in bytes, mtime in ns.
-* ``offsets-<gen>.i64``: byte offset of every line of the list and of its end, so a
-  search reads the paths of its hits without reading the list.
+* ``images-<gen>.jsonl``: line i = ``["path relative to the root", size, mtime_ns]`` (JSON
+  escapes any character a file name can hold).
+* ``images_offsets-<gen>.i64``: byte offset of every line of the list and of its end, so
+  a search reads the paths of its hits without reading the list.
 
 :func:`sync_index` brings an index up to date with a list of images: new images are
 encoded and appended in chunks (the count in ``index.json`` advances after each chunk, so
-an interrupted run keeps what it finished); changed or removed images make it copy the
-unchanged rows into a new generation of files first; a different checkpoint (or feature
-size) starts a new generation from scratch. A search then needs only the index and the
-model's text side; re-ranking encodes just its top k images again
-(``engine.retriever.Retriever``), so the index holds no image tokens.
+an interrupted run keeps what it finished); changed or removed images make it first copy
+the unchanged rows into a new generation of files, published when complete; another
+encoder (checkpoint or settings) or feature size starts a new generation from scratch.
+Files of other generations are deleted. A search then needs only the index and the model's
+text side; re-ranking encodes just its top k images again (``engine.retriever.Retriever``),
+so the index holds no image tokens.
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ from utils.errors import InputError
 INDEX_FILE = "index.json"
 INDEX_VERSION = 1  # raise when the files change meaning
 SCAN_ROWS = 65536  # rows scored per step of a search: bounded memory for any index size
+DATA_FILES = {"features": ".f32", "images": ".jsonl", "images_offsets": ".i64"}  # name -> extension; <name>-<gen><ext>
+REQUIRED_KEYS = {"version", "encoder", "dim", "root", "count", "generation", *DATA_FILES}
 ENCODE_CHUNK = 1024  # images encoded between two updates of index.json
 
 
@@ -70,6 +75,8 @@ def top_rows(chunks: Iterator[torch.Tensor], query: torch.Tensor, n: int) -> tup
     """
     best_s = query.new_zeros(0)
     best_r = torch.zeros(0, dtype=torch.long, device=query.device)
+    if n <= 0:
+        return best_s, best_r
     offset = 0
     for block in chunks:
         s = block @ query
@@ -105,10 +112,10 @@ class SavedIndex:
         if not path.is_file():
             raise GalleryIndexError(f"no gallery index in {folder} (build one with --gallery)")
         meta = _read_meta(path)
-        if meta.get("version") != INDEX_VERSION:
+        if meta.get("version") != INDEX_VERSION or not REQUIRED_KEYS <= meta.keys():
             raise GalleryIndexError(f"{path}: not an index of this version ({INDEX_VERSION}); rebuild it with --gallery")
         index = cls(folder, meta)
-        for name in ("features", "images", "offsets"):
+        for name in DATA_FILES:
             if not (index.folder / meta[name]).is_file():
                 raise GalleryIndexError(f"{path}: its file {meta[name]} is missing")
         return index
@@ -126,9 +133,9 @@ class SavedIndex:
         return self.meta["root"]
 
     @property
-    def checkpoint(self) -> str:
-        """SHA-256 of the checkpoint whose image features these are."""
-        return self.meta["checkpoint"]
+    def encoder(self) -> str:
+        """Names the weights and settings that encoded these features (``Retriever.fingerprint(images_only=True)``)."""
+        return self.meta["encoder"]
 
     def __len__(self) -> int:
         return self.count
@@ -150,30 +157,33 @@ class SavedIndex:
             raise GalleryIndexError(f"{self.folder}: features have size {self.dim}, the model's {query.shape[-1]}")
         return top_rows(self.blocks(), query.float().cpu(), n)
 
-    def offsets(self) -> np.ndarray:
-        return np.fromfile(self.folder / self.meta["offsets"], dtype=np.int64, count=self.count + 1)
-
     def paths(self, rows: Sequence[int]) -> list[str]:
         """Full paths of the images at ``rows`` (reads only their lines of the list)."""
-        offsets = np.memmap(self.folder / self.meta["offsets"], dtype=np.int64, mode="r", shape=(self.count + 1,))
+        offsets = np.memmap(self.folder / self.meta["images_offsets"], dtype=np.int64, mode="r",
+                            shape=(self.count + 1,))
         out = []
         with open(self.folder / self.meta["images"], "rb") as f:
             for r in rows:
                 f.seek(int(offsets[r]))
-                line = f.read(int(offsets[r + 1] - offsets[r])).decode("utf-8")
-                out.append(os.path.join(self.root, line.split("\t", 1)[0]))
+                out.append(os.path.join(self.root, _parse(f.read(int(offsets[r + 1] - offsets[r])))[0]))
         return out
 
     def stamps(self) -> list[Stamp]:
         """(relative path, size, mtime_ns) of every image, in row order."""
-        end = int(self.offsets()[-1]) if self.count else 0
+        end = _last_offset(self.folder, self.meta)
         with open(self.folder / self.meta["images"], "rb") as f:
-            text = f.read(end).decode("utf-8")
-        out = []
-        for line in text.splitlines():
-            rel, size, mtime = line.rsplit("\t", 2)
-            out.append((rel, int(size), int(mtime)))
-        return out
+            data = f.read(end)
+        return [_parse(line) for line in data.split(b"\n")[:-1]]
+
+
+def _line(stamp: Stamp) -> bytes:
+    """One line of the image list: JSON escapes tabs, line breaks and undecodable bytes of file names."""
+    return json.dumps(list(stamp)).encode("ascii") + b"\n"
+
+
+def _parse(line: bytes) -> Stamp:
+    rel, size, mtime = json.loads(line)
+    return rel, int(size), int(mtime)
 
 
 def _read_meta(path: Path) -> dict:
@@ -190,123 +200,134 @@ def _write_meta(folder: Path, meta: dict) -> None:
     atomic_write(folder / INDEX_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
 
 
-def _new_generation(folder: Path, old: dict | None, checkpoint: str, dim: int, root: str) -> dict:
+def _new_generation(folder: Path, old: dict | None, encoder: str, dim: int, root: str) -> dict:
     """Empty data files of a new generation (the old ones stay until index.json points away from them)."""
     gen = int(old["generation"]) + 1 if old else 1
-    meta = {"version": INDEX_VERSION, "checkpoint": checkpoint, "dim": dim, "root": root, "count": 0,
-            "generation": gen, "features": f"features-{gen}.f32", "images": f"images-{gen}.tsv",
-            "offsets": f"offsets-{gen}.i64"}
+    meta = {"version": INDEX_VERSION, "encoder": encoder, "dim": dim, "root": root, "count": 0,
+            "generation": gen, **{name: f"{name}-{gen}{ext}" for name, ext in DATA_FILES.items()}}
     for name in ("features", "images"):
         (folder / meta[name]).write_bytes(b"")
-    np.zeros(1, dtype=np.int64).tofile(folder / meta["offsets"])
+    np.zeros(1, dtype=np.int64).tofile(folder / meta["images_offsets"])
     return meta
 
 
-def _switch(folder: Path, old: dict | None, meta: dict) -> None:
-    """Make ``meta`` current, then delete the previous generation's files."""
-    _write_meta(folder, meta)
-    if old and old.get("generation") != meta["generation"]:
-        for name in ("features", "images", "offsets"):
-            (folder / old[name]).unlink(missing_ok=True)
+def _remove_strays(folder: Path, meta: dict | None) -> None:
+    """Delete data files index.json does not name (an interrupted rebuild or compaction, another version)."""
+    current = {meta[name] for name in DATA_FILES} if meta else set()
+    for name, ext in DATA_FILES.items():
+        for path in folder.glob(f"{name}-*{ext}"):
+            if path.name not in current:
+                path.unlink()
 
 
-def _truncate(folder: Path, meta: dict) -> int:
-    """Cut every data file to the rows index.json counts; returns the list's byte length."""
+def _last_offset(folder: Path, meta: dict) -> int:
+    """Byte length of the image list's counted lines: the last of the count + 1 offsets."""
+    count = int(meta["count"])
+    path = folder / meta["images_offsets"]
+    if path.stat().st_size < (count + 1) * 8:
+        raise GalleryIndexError(f"{folder}: {meta['images_offsets']} is shorter than index.json says; "
+                                "rebuild the index (delete the folder)")
+    return int(np.fromfile(path, dtype=np.int64, count=1, offset=count * 8)[0])
+
+
+def _append_data(folder: Path, meta: dict, feats: np.ndarray, stamps: list[Stamp]) -> None:
+    """Write rows after the counted ones (anything past them, from an interrupted write, is cut
+    off first) and flush them to disk; ``meta``'s count advances, index.json is not written."""
     count, dim = int(meta["count"]), int(meta["dim"])
-    offsets = np.fromfile(folder / meta["offsets"], dtype=np.int64, count=count + 1)
-    if len(offsets) != count + 1:
-        raise GalleryIndexError(f"{folder}: {meta['offsets']} is shorter than index.json says; rebuild the index")
-    for name, size in (("features", count * dim * 4), ("images", int(offsets[-1])), ("offsets", (count + 1) * 8)):
-        with open(folder / meta[name], "r+b") as f:
+    end = _last_offset(folder, meta)
+    lines = [_line(stamp) for stamp in stamps]
+    parts = ((meta["features"], count * dim * 4, np.ascontiguousarray(feats, dtype=np.float32).tobytes()),
+             (meta["images"], end, b"".join(lines)),
+             (meta["images_offsets"], (count + 1) * 8,
+              (end + np.cumsum([len(x) for x in lines], dtype=np.int64)).tobytes()))
+    for name, size, data in parts:
+        with open(folder / name, "r+b") as f:
             f.truncate(size)
-    return int(offsets[-1])
+            f.seek(size)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    meta["count"] = count + len(stamps)
 
 
-def new_index(folder: Path, checkpoint: str, dim: int, root: str) -> dict:
+def new_index(folder: Path, encoder: str, dim: int, root: str) -> dict:
     """An empty index in ``folder`` (replacing none); returns its metadata for :func:`append_rows`."""
-    meta = _new_generation(folder, None, checkpoint, dim, root)
+    meta = _new_generation(folder, None, encoder, dim, root)
     _write_meta(folder, meta)
     return meta
 
 
 def append_rows(folder: Path, meta: dict, feats: np.ndarray, stamps: list[Stamp]) -> None:
-    """Add rows (features [n, dim], their images' stamps) at the end of the data files, then count them in
-    index.json: the one way rows get into an index (:func:`sync_index`, benchmarks/search_index.py)."""
-    end = _truncate(folder, meta)
-    lines = [f"{rel}\t{size}\t{mtime}\n".encode() for rel, size, mtime in stamps]
-    with open(folder / meta["features"], "ab") as f:
-        f.write(np.ascontiguousarray(feats, dtype=np.float32).tobytes())
-    with open(folder / meta["images"], "ab") as f:
-        f.write(b"".join(lines))
-    with open(folder / meta["offsets"], "ab") as f:
-        f.write((end + np.cumsum([len(x) for x in lines], dtype=np.int64)).tobytes())
-    meta["count"] = int(meta["count"]) + len(stamps)
+    """Add rows (features [n, dim], their images' stamps) at the end, then count them in index.json:
+    how encoded images enter an index (:func:`sync_index`, benchmarks/search_index.py)."""
+    _append_data(folder, meta, feats, stamps)
     _write_meta(folder, meta)
 
 
+def _switch(folder: Path, meta: dict) -> None:
+    """Make ``meta`` current, then delete every other generation's files."""
+    _write_meta(folder, meta)
+    _remove_strays(folder, meta)
+
+
 def _compact(folder: Path, old: dict, keep_rows: list[int], stamps: list[Stamp]) -> dict:
-    """A new generation holding only ``keep_rows`` of the current one (with their ``stamps``)."""
-    index = SavedIndex(folder, old)
-    meta = _new_generation(folder, old, old["checkpoint"], int(old["dim"]), old["root"])
-    feats = index.features()
+    """A new generation holding only ``keep_rows`` of the current one, published only once complete."""
+    feats = SavedIndex(folder, old).features()
+    meta = _new_generation(folder, old, old["encoder"], int(old["dim"]), old["root"])
     for s in range(0, len(keep_rows), SCAN_ROWS):
-        rows = keep_rows[s:s + SCAN_ROWS]
-        append_rows(folder, meta, feats[rows], stamps[s:s + SCAN_ROWS])
-    _switch(folder, old, meta)
+        _append_data(folder, meta, feats[keep_rows[s:s + SCAN_ROWS]], stamps[s:s + SCAN_ROWS])
+    _switch(folder, meta)
     return meta
 
 
-def sync_index(folder: str | os.PathLike, root: str | os.PathLike, rels: Sequence[str], checkpoint: str, dim: int,
+def _current(folder: Path, encoder: str, dim: int, root: str) -> tuple[dict, list[Stamp], str]:
+    """(metadata, stamps of its rows, why it was started afresh or ""): the index to update, a new empty
+    one when there is none, it is of another version, or ``encoder`` or ``dim`` differ."""
+    old = _read_meta(folder / INDEX_FILE) if (folder / INDEX_FILE).is_file() else None
+    if old is not None and (old.get("version") != INDEX_VERSION or not REQUIRED_KEYS <= old.keys()):
+        old = None
+    _remove_strays(folder, old)
+    reason = ("new index" if old is None else "the checkpoint or its settings changed" if old["encoder"] != encoder
+              else "the feature size changed" if int(old["dim"]) != dim else "")
+    if reason:
+        meta = _new_generation(folder, old, encoder, dim, root)
+        _switch(folder, meta)
+        return meta, [], reason
+    if old["root"] != root:  # a moved gallery: images keep their rows when their stamps are unchanged
+        old["root"] = root
+        _write_meta(folder, old)
+    return old, SavedIndex(folder, old).stamps(), ""
+
+
+def sync_index(folder: str | os.PathLike, root: str | os.PathLike, rels: Sequence[str], encoder: str, dim: int,
                encode: Callable[[list[str]], torch.Tensor], chunk: int = ENCODE_CHUNK,
                progress: bool = True) -> SyncReport:
     """Make the index in ``folder`` hold exactly the images ``rels`` (paths relative to ``root``).
 
-    ``checkpoint``: the SHA-256 of the model's checkpoint; ``encode(paths)`` -> [n, dim]
-    normalised image features of full paths. Unchanged images (same path, size and mtime)
-    keep their rows; others are encoded in chunks of ``chunk`` images.
+    ``encoder``: names the weights and settings that encode images (``Retriever.fingerprint(images_only=True)``);
+    ``encode(paths)`` -> [n, dim] normalised image features of full paths. Unchanged images
+    (same path, size and mtime) keep their rows; the others are encoded in chunks of ``chunk``
+    images, each counted in index.json once written. Not safe for two processes at once.
     """
     folder, root = Path(folder), os.path.realpath(root)
     folder.mkdir(parents=True, exist_ok=True)
     wanted = [image_stamp(root, rel) for rel in dict.fromkeys(rels)]
-    old = _read_meta(folder / INDEX_FILE) if (folder / INDEX_FILE).is_file() else None
-    reason = ""
-    if old is None:
-        reason = "new index"
-    elif old.get("version") != INDEX_VERSION:
-        reason = "index of another version"
-        old = None
-    elif old["checkpoint"] != checkpoint:
-        reason = "the checkpoint changed"
-    elif int(old["dim"]) != dim:
-        reason = "the feature size changed"
-    if reason:
-        meta = _new_generation(folder, old, checkpoint, dim, root)
-        _switch(folder, old, meta)
-        have: dict[Stamp, int] = {}
-        current: list[Stamp] = []
-    else:
-        meta = old
-        if meta["root"] != root:  # a moved gallery: images keep their rows when their stamps are unchanged
-            meta["root"] = root
-            _write_meta(folder, meta)
-        current = SavedIndex(folder, meta).stamps()
-        have = {s: r for r, s in enumerate(current)}
-    want_set = set(wanted)
-    keep = [r for r, s in enumerate(current) if s in want_set]
-    gone = len(current) - len(keep)
-    if gone:
+    meta, current, reason = _current(folder, encoder, dim, root)
+    want_set, have = set(wanted), set(current)
+    keep = [r for r, stamp in enumerate(current) if stamp in want_set]
+    if len(keep) < len(current):
         meta = _compact(folder, meta, keep, [current[r] for r in keep])
-    todo = [s for s in wanted if s not in have]
-    known = {s[0] for s in current}
-    changed = sum(s[0] in known for s in todo)
+    todo = [stamp for stamp in wanted if stamp not in have]
+    known = {stamp[0] for stamp in current}
+    changed = sum(stamp[0] in known for stamp in todo)
     with tqdm(total=len(todo), desc="encoding gallery", unit="img", disable=not progress or not todo) as bar:
         for s in range(0, len(todo), chunk):
             part = todo[s:s + chunk]
-            feats = encode([os.path.join(root, rel) for rel, _, _ in part])
-            append_rows(folder, meta, feats.float().cpu().numpy(), part)
+            append_rows(folder, meta, encode([os.path.join(root, rel) for rel, _, _ in part]).float().cpu().numpy(),
+                        part)
             bar.update(len(part))
-    return SyncReport(kept=len(keep), added=len(todo) - changed, changed=changed, removed=gone - changed,
-                      reason=reason)
+    return SyncReport(kept=len(keep), added=len(todo) - changed, changed=changed,
+                      removed=len(current) - len(keep) - changed, reason=reason)
 
 
 __all__ = ["ENCODE_CHUNK", "INDEX_FILE", "GalleryIndexError", "SCAN_ROWS", "SavedIndex", "SyncReport", "append_rows",

@@ -16,11 +16,13 @@ picks the T of a target FMR; :func:`open_set_summary` gives TMR at 1 / 5 / 10% F
 
 Under re-ranking, the impostor trial re-ranks the top k of the gallery without the person:
 the images of the full top k that are not the person plus the next ones, which
-:func:`extra_candidates` finds so that only those few pairs are scored again.
+:func:`extra_candidates` finds so that only those pairs are scored again (per query at most
+as many as the images of its person in its top k).
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -28,48 +30,66 @@ FMRS = (0.01, 0.05, 0.10)  # false-match rates of the report's open-set table
 SCORES = ("cosine", "itm")
 
 
-def absent_topk(sim: torch.Tensor, same: torch.Tensor, k: int) -> torch.Tensor:
-    """[Q, k] gallery indices of the top k by similarity once each query's own person (``same``) is removed."""
+class Reranked(NamedTuple):
+    """The re-ranking of one chunk of queries: the full top k and its ITM scores, and the
+    :func:`impostor_candidates` of the impostor trials with their scores and validity."""
+    topk: torch.Tensor  # [Q, k] gallery indices
+    scores: torch.Tensor  # [Q, k]
+    extra: torch.Tensor  # [Q, m] gallery indices
+    extra_scores: torch.Tensor  # [Q, m]
+    extra_valid: torch.Tensor  # [Q, m] bool
+
+
+def extra_candidates(sim: torch.Tensor, same: torch.Tensor, topk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices [Q, m], valid [Q, m]) of the images of each query's impostor top k (the top k by
+    ``sim`` once its own person, ``same``, is removed) that are not in its full top k ``topk``:
+    the only pairs re-ranking has not scored yet. Rows with fewer than m are padded with other
+    images (``valid`` False: scored, not used); so is a gallery left with fewer than k images."""
+    k = topk.shape[1]
     masked = sim.masked_fill(same, float("-inf"))
-    return torch.sort(masked, dim=1, descending=True, stable=True).indices[:, :k]
-
-
-def extra_candidates(topk: torch.Tensor, absent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(indices [Q, m], valid [Q, m]): the images of ``absent`` (top k without the person) that are
-    not in ``topk`` (the full top k), so the only pairs re-ranking has not scored yet.
-
-    Rows with fewer than m such images are padded with other images of ``absent``
-    (``valid`` False): scored but not used.
-    """
-    new = ~(absent[:, :, None] == topk[:, None, :]).any(-1)
+    absent = torch.sort(masked, dim=1, descending=True, stable=True).indices[:, :k]
+    new = ~(absent[:, :, None] == topk[:, None, :]).any(-1) & masked.gather(1, absent).isfinite()
     count = new.sum(1)
     m = int(count.max()) if len(count) else 0
     first = torch.argsort((~new).int(), dim=1, stable=True)[:, :m]  # the new images first, in rank order
-    valid = torch.arange(m, device=topk.device)[None, :] < count[:, None]
-    return absent.gather(1, first), valid
+    return absent.gather(1, first), torch.arange(m, device=topk.device)[None, :] < count[:, None]
 
 
-def open_set_chunk(sim: torch.Tensor, g_pids: torch.Tensor, q_pids: torch.Tensor, topk: torch.Tensor | None,
-                   scores: torch.Tensor | None, extra: torch.Tensor | None, extra_scores: torch.Tensor | None,
-                   extra_valid: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def impostor_candidates(q_feats: torch.Tensor, g_feats: torch.Tensor, g_pids: torch.Tensor, q_pids: torch.Tensor,
+                        topk: torch.Tensor, starts: range, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`extra_candidates` of all queries, computed ``chunk`` queries at a time (the membership
+    test takes chunk x k x k) and padded to one width, for one re-ranking pass."""
+    parts = [extra_candidates(q_feats[s:s + chunk] @ g_feats.t(), g_pids[None, :] == q_pids[s:s + chunk, None],
+                              topk[s:s + chunk]) for s in starts]
+    m = max((idx.shape[1] for idx, _ in parts), default=0)
+    pad = [(torch.cat([idx, topk[s:s + chunk, :1].expand(-1, m - idx.shape[1])], 1),
+            torch.nn.functional.pad(valid, (0, m - valid.shape[1]), value=False)) for s, (idx, valid) in zip(starts, parts)]
+    if not pad:
+        return topk[:, :0], torch.zeros(topk[:, :0].shape, dtype=torch.bool, device=topk.device)
+    return torch.cat([idx for idx, _ in pad]), torch.cat([valid for _, valid in pad])
+
+
+def open_set_chunk(sim: torch.Tensor, g_pids: torch.Tensor, q_pids: torch.Tensor,
+                   reranked: Reranked | None) -> dict[str, torch.Tensor]:
     """Per-query open-set trials of one chunk of queries that have their person in the gallery.
 
-    ``sim`` [Q, G] similarities; with re-ranking, ``topk`` [Q, k] and its ITM ``scores``, and
-    the :func:`extra_candidates` of the impostor trial with their scores.
+    ``sim`` [Q, G] similarities; ``reranked`` when the top k was re-ranked. A query whose
+    person fills the gallery has an impostor score of -inf (nothing to match falsely).
     """
     same = g_pids[None, :] == q_pids[:, None]
     valid = same.any(1)
-    first = torch.sort(sim, dim=1, descending=True, stable=True).indices[:, 0]
-    out = {"cosine_best": sim.gather(1, first[:, None])[:, 0], "cosine_right": same.gather(1, first[:, None])[:, 0],
+    first = sim.argmax(1, keepdim=True)  # the first of equal maxima, as the stable similarity order
+    out = {"cosine_best": sim.gather(1, first)[:, 0], "cosine_right": same.gather(1, first)[:, 0],
            "cosine_absent": sim.masked_fill(same, float("-inf")).amax(1)}
-    if scores is not None:
-        best = scores.argmax(1)  # the first of equal maxima: re-ranking's stable order
+    if reranked is not None:
+        topk, scores, _, extra_scores, extra_valid = reranked
+        best = scores.argmax(1, keepdim=True)  # the first of equal maxima: re-ranking's stable order
         top_same = same.gather(1, topk)
-        out["itm_best"] = scores.gather(1, best[:, None])[:, 0]
-        out["itm_right"] = top_same.gather(1, best[:, None])[:, 0]
-        kept = scores.masked_fill(top_same, float("-inf")).amax(1)
-        new = extra_scores.masked_fill(~extra_valid, float("-inf")).amax(1) if extra.shape[1] else kept
-        out["itm_absent"] = torch.maximum(kept, new)
+        out["itm_best"] = scores.gather(1, best)[:, 0]
+        out["itm_right"] = top_same.gather(1, best)[:, 0]
+        impostors = torch.cat([scores.masked_fill(top_same, float("-inf")),
+                               extra_scores.masked_fill(~extra_valid, float("-inf"))], 1)
+        out["itm_absent"] = impostors.amax(1)
     return {key: v[valid].cpu() for key, v in out.items()}
 
 
@@ -123,5 +143,5 @@ def open_set_table(summaries: dict[str, dict[str, list[dict]]]) -> list[str]:
     return lines + [""]
 
 
-__all__ = ["FMRS", "SCORES", "absent_topk", "extra_candidates", "open_set_chunk", "open_set_summary",
-           "open_set_table", "rates", "threshold_at"]
+__all__ = ["FMRS", "Reranked", "SCORES", "extra_candidates", "impostor_candidates", "open_set_chunk",
+           "open_set_summary", "open_set_table", "rates", "threshold_at"]

@@ -25,6 +25,7 @@ from engine.open_set import open_set_summary, open_set_table
 from engine.reference_levels import SUMMARY_METRICS, read_levels, reference_table
 from engine.run_card import report_summary
 from utils.checkpoint import atomic_write
+from utils.logging import info
 from utils.metrics import cmc_curve
 
 if TYPE_CHECKING:
@@ -113,12 +114,23 @@ def write_reports(out: Path, results: dict[str, EvalResult], sets: dict[str, Eva
     (caption, language, image paths -> ``engine.explain.Explanation`` per path; e.g.
     ``engine.explain.explain`` bound to a model) adds explain.png, linked from report.md."""
     out = Path(out)
-    if explain is not None:  # first, so report.md never links a picture that failed
-        save_png(report_explanations(results, sets, explain), out / "explain.png")
-    text = markdown(results, sets, split, notes, read_levels(reference_dir, split), card, explain is not None)
+    explained = explain is not None and write_explanations(out / "explain.png", results, sets, explain)
+    text = markdown(results, sets, split, notes, read_levels(reference_dir, split), card, explained)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     draw_cmc(results, out / "cmc.png", split)
     save_png(draw_examples(results, sets), out / "examples.png")
 
 
-__all__ = ["markdown", "write_reports"]
+def write_explanations(path: Path, results: dict[str, EvalResult], sets: dict[str, EvalData],
+                       explain: Explainer) -> bool:
+    """explain.png, or a warning when it cannot be made (an unreadable image, memory, fonts): the picture
+    is an illustration, and a finished run's report must not fail for it. Returns whether it was written."""
+    try:
+        save_png(report_explanations(results, sets, explain), path)
+    except Exception as e:  # noqa: BLE001 - any failure of the illustration leaves the report intact
+        info(f"warning: explain.png not written: {type(e).__name__}: {e}")
+        return False
+    return True
+
+
+__all__ = ["markdown", "write_explanations", "write_reports"]

@@ -22,6 +22,7 @@ source-language captions do in training (``utils.config.uses_tl_proj``, as evalu
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -149,12 +150,20 @@ class Retriever:
 
     @property
     def checkpoint_sha256(self) -> str:
-        """SHA-256 of the checkpoint file (computed once)."""
+        """SHA-256 of the checkpoint file (computed once: about a second per GB)."""
         if self.checkpoint is None:
             raise RetrievalError("this retriever was not made from a checkpoint file")
         if self._sha256 is None:
             self._sha256 = file_sha256(self.checkpoint)
         return self._sha256
+
+    def fingerprint(self, images_only: bool = False) -> str:
+        """Names what scores depend on: the checkpoint's bytes, the evaluation precision and the config
+        it runs with (overrides included; ``images_only``: only the image size, all that the test-time
+        image transform and so a saved index's features depend on besides the weights)."""
+        settings = self.cfg.experiment.input_resolution if images_only else self.cfg.to_dict()
+        what = [self.checkpoint_sha256, str(eval_dtype(self.cfg, self.device)), settings]
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
     # ----------------------------------------------------------------------------- gallery
     def index(self, images: str | os.PathLike | Sequence[str | os.PathLike]) -> int:
@@ -188,11 +197,13 @@ class Retriever:
                     [os.path.dirname(os.path.realpath(p)) for p in paths])
             root = os.path.realpath(root)
             rels = [os.path.relpath(os.path.realpath(p), root) for p in paths]
-            report = sync_index(folder, root, rels, self.checkpoint_sha256, self.model.vision_proj.out_features,
+            report = sync_index(folder, root, rels, self.fingerprint(images_only=True),
+                                self.model.vision_proj.out_features,
                                 lambda batch: self._encode(batch, tokens=False)[1], progress=progress)
         index = SavedIndex.open(folder)
-        if index.checkpoint != self.checkpoint_sha256:
-            raise RetrievalError(f"{folder}: built with another checkpoint; pass the gallery again to re-encode it")
+        if index.encoder != self.fingerprint(images_only=True):
+            raise RetrievalError(f"{folder}: built with another checkpoint or other settings; pass the gallery "
+                                 "again to re-encode it")
         self.gallery = index
         return report
 
@@ -230,11 +241,14 @@ class Retriever:
 
         With ``rerank``, the top ``model.k_test`` images by cosine similarity are ordered
         by ITM score and carry that score as ``itm``; every hit carries its cosine similarity.
-        A saved index encodes those k images again for their tokens.
+        A saved index encodes those k images again for their tokens; its hits' paths are real
+        paths under the index's root (in memory: the paths as given).
         """
         g = self.gallery
         if g is None:
             raise RetrievalError("no gallery indexed: call index() or open_index() first")
+        if len(g) == 0:
+            raise RetrievalError("the saved index holds no images yet: pass the gallery to encode it")
         if top_k < 1:
             raise RetrievalError(f"top_k must be at least 1, got {top_k}")
         embeds, mask, feat = self.encode_query(text, lang)

@@ -18,7 +18,6 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from data.annotations import has_split, split_languages
 from data.loader import build_eval_data, build_train_loader
 from engine.evaluate import EvalResult, evaluate_language
 from engine.explain import Explanation, explain
+from engine.explain_figure import Explainer
 from engine.report import write_reports
 from engine.run_card import run_rows, write_card
 from engine.step import build_train_step
@@ -71,8 +71,9 @@ def selection_split(cfg: Config) -> str:
 
 
 def evaluate_languages(model: nn.Module, cfg: Config, sets: dict[str, Any], device: torch.device) -> dict[str, EvalResult]:
-    """Every language of ``sets``, in query-language order, each with its projection."""
-    return {lang: evaluate_language(model, cfg, sets[lang], tl, device) for lang, tl in languages(cfg) if lang in sets}
+    """Every language of ``sets``, in query-language order, each with its projection and open-set trials."""
+    return {lang: evaluate_language(model, cfg, sets[lang], tl, device, open_set=True)
+            for lang, tl in languages(cfg) if lang in sets}
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -158,7 +159,7 @@ class Trainer:
         self.log.write("final", split=split, metrics=metrics, languages=notes)
         return metrics
 
-    def explainer(self, checkpoints: dict[str, str]) -> Callable[[str, str, list[str]], list[Explanation]]:
+    def explainer(self, checkpoints: dict[str, str]) -> Explainer:
         """The final report's ``explain`` (engine/explain.py): each language is explained with the
         weights it was evaluated with, ``checkpoints[lang]`` under the output folder, loaded when
         the model holds another checkpoint's."""
@@ -366,6 +367,6 @@ class Trainer:
         for name in dict.fromkeys(used.values()):  # each checkpoint loaded once
             load_model_weights(self.model, str(self.out / name))
             self.loaded = name
-            results.update({lang: evaluate_language(self.model, cfg, test_sets[lang], tl, dev)
+            results.update({lang: evaluate_language(self.model, cfg, test_sets[lang], tl, dev, open_set=True)
                             for lang, tl in languages(cfg) if used[lang] == name})
         return self.finish({lang: results[lang] for lang in used}, test_sets, "test", used)

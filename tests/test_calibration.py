@@ -24,7 +24,7 @@ def retriever(trained_run) -> Retriever:
 @pytest.fixture(scope="module")
 def trials(retriever) -> dict:
     data = build_eval_data(retriever.cfg, "train", "en", retriever.tokenizer)
-    return evaluate_language(retriever.model, retriever.cfg, data, False, retriever.device).open_set
+    return evaluate_language(retriever.model, retriever.cfg, data, False, retriever.device, open_set=True).open_set
 
 
 def images_of(run, keep) -> list[str]:
@@ -69,8 +69,8 @@ def test_calibration_is_stored_and_reused(retriever, tmp_path, monkeypatch):
     again, fresh = stored_or_calibrate(retriever, store, "en", "train", 0.1)
     assert not fresh and again == first
     saved = json.loads(store.path.read_text())
-    assert saved[0]["checkpoint"] == retriever.checkpoint_sha256 and saved[0]["fmr"] == 0.1
-    other = Calibration(**{**saved[0], "checkpoint": "another"})
+    assert saved[0]["fingerprint"] == retriever.fingerprint() and saved[0]["fmr"] == 0.1
+    other = Calibration(**{**saved[0], "fingerprint": "another"})
     store.add(other)
     assert len(store.load()) == 2 and store.find(first) == first  # one file, many checkpoints
     assert CalibrationStore.beside("runs/demo/best_en.pth").path.name == "best_en.calibration.json"

@@ -60,7 +60,7 @@ def test_estimate_reproduces_the_documented_full_size_figures(big_gallery, monke
     assert gib(est) == {"gallery embeddings": 11.27, "gallery features": 0.02,
                         "cached image keys/values (largest block)": 16.0, "keys/values build batch": 0.28,
                         "keys/values gathered for one fusion batch": 0.29, "similarities of one query chunk": 0.1,
-                        "top-k indices and ITM scores": 0.06}
+                        "top-k indices and ITM scores": 0.06, "open-set membership test of one query chunk": 0.02}
     assert round(est.total / GiB, 1) == 28.0
     # 4 processes on one node: a quarter of the queries each and a quarter of the budget
     four = eval_memory.estimate(big_gallery, processes=4, local_processes=4)

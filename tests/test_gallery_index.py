@@ -93,12 +93,15 @@ def test_sync_encodes_only_new_changed_images_and_drops_removed_ones(tmp_path):
     index = SavedIndex.open(folder)
     check_rows(index, root)
     assert index.meta["generation"] == 2 and not (folder / "features-1.f32").exists()
+    assert report.kept == 5 and len(index) == 6
 
     enc = Encoder()
     report = sync_index(folder, root, rels_of(root), "ckpt-2", DIM, enc, progress=False)
-    assert report.reason == "the checkpoint changed" and len(enc.seen) == 6
+    assert report.reason == "the checkpoint or its settings changed" and len(enc.seen) == 6
     check_rows(SavedIndex.open(folder), root)
-    assert SavedIndex.open(folder).checkpoint == "ckpt-2"
+    assert SavedIndex.open(folder).encoder == "ckpt-2"
+    assert sorted(p.name for p in folder.iterdir()) == ["features-3.f32", "images-3.jsonl", "images_offsets-3.i64",
+                                                         "index.json"]  # no other generation left
 
 
 def test_an_interrupted_encoding_keeps_its_finished_chunks(tmp_path):
@@ -116,6 +119,50 @@ def test_an_interrupted_encoding_keeps_its_finished_chunks(tmp_path):
     index = SavedIndex.open(folder)
     check_rows(index, root)
     assert os.path.getsize(folder / index.meta["features"]) == 7 * DIM * 4
+
+
+def test_an_interrupted_compaction_leaves_the_previous_index_whole(tmp_path, monkeypatch):
+    import engine.gallery_index as gi
+
+    root, folder = tmp_path / "imgs", tmp_path / "index"
+    for i in range(6):
+        write_image(root / f"{i}.png", 20 * i)
+    sync_index(folder, root, rels_of(root), "c", DIM, Encoder(), progress=False)
+    (root / "0.png").unlink()
+    monkeypatch.setattr(gi, "SCAN_ROWS", 2)
+    real, calls = gi._append_data, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(*args)
+
+    monkeypatch.setattr(gi, "_append_data", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sync_index(folder, root, rels_of(root), "c", DIM, Encoder(), progress=False)
+    index = SavedIndex.open(folder)
+    assert index.meta["generation"] == 1 and len(index) == 6  # the old index, complete, still current
+    monkeypatch.undo()
+    enc = Encoder()
+    report = sync_index(folder, root, rels_of(root), "c", DIM, enc, progress=False)
+    assert (report.kept, report.removed, enc.seen) == (5, 1, [])
+    check_rows(SavedIndex.open(folder), root)
+    assert sorted(p.name for p in folder.iterdir()) == ["features-2.f32", "images-2.jsonl", "images_offsets-2.i64",
+                                                         "index.json"]  # generation 2 rewritten, generation 1 gone
+
+
+def test_file_names_with_tabs_line_breaks_and_undecodable_bytes(tmp_path):
+    root, folder = tmp_path / "imgs", tmp_path / "index"
+    names = ["a\tb.png", "c\nd.png", "e\x85f\u2028.png", os.fsdecode(b"caf\xe9.png"), "plain.png"]
+    for i, name in enumerate(names):
+        write_image(root / name, 50 * i)
+    sync_index(folder, root, names, "c", DIM, Encoder(), progress=False)
+    index = SavedIndex.open(folder)
+    assert index.paths(range(5)) == [os.path.join(os.path.realpath(root), n) for n in names]
+    check_rows(index, root)
+    enc = Encoder()
+    assert sync_index(folder, root, names, "c", DIM, enc, progress=False).kept == 5 and enc.seen == []
 
 
 def test_a_moved_gallery_keeps_its_rows_and_search_reads_only_its_hits(tmp_path):
@@ -150,6 +197,7 @@ def test_unusable_index_folders_are_one_line_errors(tmp_path):
     index = SavedIndex.open(tmp_path / "ix")
     with pytest.raises(GalleryIndexError, match="features have size 8, the model's 4"):
         index.top(torch.ones(4), 1)
+    assert top_rows(iter([torch.ones(3, 8)]), torch.ones(8), 0)[1].numel() == 0
     (tmp_path / "ix" / index.meta["images"]).unlink()
     with pytest.raises(GalleryIndexError, match="is missing"):
         SavedIndex.open(tmp_path / "ix")
@@ -161,7 +209,7 @@ def test_benchmark_index_is_a_real_index_of_unit_rows_naming_real_images(tmp_pat
     root = tmp_path / "imgs"
     for i in range(3):
         write_image(root / f"{i}.png", i)
-    write_index(tmp_path / "ix", str(root), rows=70_000, dim=4, checkpoint="c")  # more than one block of rows
+    write_index(tmp_path / "ix", str(root), rows=70_000, dim=4, encoder="c")  # more than one block of rows
     index = SavedIndex.open(tmp_path / "ix")
     assert len(index) == 70_000 and index.dim == 4
     feats = torch.from_numpy(np.array(index.features()))

@@ -36,7 +36,7 @@ def test_eval_languages_projection_and_checkpoint():
 def test_evaluate_languages_uses_each_languages_projection(monkeypatch):
     cfg = cfg_with("data.eval_languages=[fr,de]", "data.tl_proj_languages=[de]")
     calls = []
-    monkeypatch.setattr(train, "evaluate_language", lambda model, cfg, data, tl, device: calls.append((data, tl)) or tl)
+    monkeypatch.setattr(train, "evaluate_language", lambda model, cfg, data, tl, device, open_set: calls.append((data, tl)) or tl)
     out = train.evaluate_languages(None, cfg, {"de": "de-set", "en": "en-set", "fr": "fr-set"}, None)
     assert calls == [("en-set", False), ("fr-set", False), ("de-set", True)]  # the sets given, in language order
     assert list(out) == ["en", "fr", "de"]

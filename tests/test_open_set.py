@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.open_set import (absent_topk, extra_candidates, open_set_chunk, open_set_summary, open_set_table, rates,
-                             threshold_at)
+from engine.open_set import (Reranked, extra_candidates, impostor_candidates, open_set_chunk, open_set_summary,
+                             open_set_table, rates, threshold_at)
 
 
 def test_threshold_leaves_the_stated_share_of_impostors_above_it():
@@ -20,10 +20,28 @@ def test_threshold_leaves_the_stated_share_of_impostors_above_it():
 
 
 def test_extra_candidates_are_the_impostor_top_k_images_not_yet_scored():
-    topk = torch.tensor([[5, 1, 7], [2, 3, 4]])
-    absent = torch.tensor([[1, 7, 9], [2, 3, 4]])  # query 0: its person is image 5; query 1: not in the top 3
-    extra, valid = extra_candidates(topk, absent)
-    assert extra.shape == (2, 1) and extra[0, 0] == 9 and valid.tolist() == [[True], [False]]
+    g_pids = torch.tensor([0, 1, 2, 0, 3, 4, 5, 6, 7, 8])
+    sim = torch.tensor([[0.9, 0.8, 0.7, 0.1, 0.6, 0.0, 0.0, 0.0, 0.0, 0.0],
+                        [0.0, 0.9, 0.8, 0.0, 0.7, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    q_pids = torch.tensor([0, 8])  # query 0: its person is image 0 (and 3); query 1: not in the top 3
+    topk = torch.sort(sim, dim=1, descending=True, stable=True).indices[:, :3]
+    extra, valid = extra_candidates(sim, g_pids[None, :] == q_pids[:, None], topk)
+    assert extra.shape == (2, 1) and extra[0, 0] == 4 and valid.tolist() == [[True], [False]]
+
+
+def test_a_gallery_left_smaller_than_k_adds_none_of_the_persons_images():
+    g_pids = torch.tensor([7, 9, 8, 7])
+    sim = torch.tensor([[0.1, 0.9, 0.8, 0.2]])
+    same = g_pids[None, :] == torch.tensor([[7]])
+    topk = torch.tensor([[1, 2, 3]])
+    extra, valid = extra_candidates(sim, same, topk)
+    assert not (valid & same.gather(1, extra)).any()  # image 0 (person 7) is no impostor
+    scores = torch.tensor([[-1.0, -2.0, 5.0]])  # the person's own image 3 scores highest
+    got = open_set_chunk(sim, g_pids, torch.tensor([7]), Reranked(topk, scores, extra, torch.full(extra.shape, 6.0),
+                                                                    valid))
+    assert got["itm_absent"].tolist() == [-1.0] and got["itm_best"].tolist() == [5.0]
+    alone = open_set_chunk(torch.tensor([[0.3, 0.4]]), torch.tensor([7, 7]), torch.tensor([7]), None)
+    assert alone["cosine_absent"].tolist() == [float("-inf")]  # nobody else: no false match possible
 
 
 def brute_force(sim, table, g_pids, q_pids, k):
@@ -47,7 +65,7 @@ def brute_force(sim, table, g_pids, q_pids, k):
     return out
 
 
-@pytest.mark.parametrize("k", [1, 3, 6])
+@pytest.mark.parametrize("k", [1, 3, 6, 10, 12])
 def test_open_set_chunk_equals_brute_force(k):
     g = torch.Generator().manual_seed(k)
     g_pids = torch.arange(12) // 3  # 4 people x 3 images
@@ -57,14 +75,13 @@ def test_open_set_chunk_equals_brute_force(k):
     table = torch.randn(10, 12, generator=g)  # stands in for the ITM head
     topk = torch.sort(sim, dim=1, descending=True, stable=True).indices[:, :k]
     scores = table.gather(1, topk)
-    absent = absent_topk(sim, g_pids[None, :] == q_pids[:, None], k)
-    extra, valid = extra_candidates(topk, absent)
-    got = open_set_chunk(sim, g_pids, q_pids, topk, scores, extra, table.gather(1, extra), valid)
-    want = brute_force(sim, table, g_pids, q_pids, k)
-    for key, values in want.items():
-        assert got[key].tolist() == pytest.approx(values), key
-    assert set(open_set_chunk(sim, g_pids, q_pids, None, None, None, None, None)) == {
-        "cosine_best", "cosine_right", "cosine_absent"}
+    for chunk in (3, 10):  # the padding of impostor_candidates across chunks changes nothing
+        extra, valid = impostor_candidates(sim, torch.eye(12), g_pids, q_pids, topk, range(0, 10, chunk), chunk)
+        got = open_set_chunk(sim, g_pids, q_pids, Reranked(topk, scores, extra, table.gather(1, extra), valid))
+        want = brute_force(sim, table, g_pids, q_pids, k)
+        for key, values in want.items():
+            assert got[key].tolist() == pytest.approx(values), key
+    assert set(open_set_chunk(sim, g_pids, q_pids, None)) == {"cosine_best", "cosine_right", "cosine_absent"}
 
 
 def test_summary_and_table():

@@ -258,3 +258,15 @@ def test_demo_sized_report_is_fast(tmp_path):
     seconds = time.perf_counter() - start
     assert seconds < 4.0, seconds  # about 0.6 s on an idle 2-core machine; headroom for a busy one
     assert re.search(r"\| 800 \|", (tmp_path / "out" / "report.md").read_text(encoding="utf-8"))
+
+
+def test_a_failing_explanation_leaves_the_report_whole(tmp_path, capsys):
+    results, sets = fake_eval(tmp_path / "imgs", ids=3, per_id=2, captions_per_image=1)
+
+    def broken(caption, lang, paths):
+        raise OSError("image unreadable")
+
+    write_reports(tmp_path / "out", results, sets, "test", explain=broken)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cmc.png", "examples.png", "report.md"]
+    assert "explain.png" not in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "warning: explain.png not written: OSError: image unreadable" in capsys.readouterr().err

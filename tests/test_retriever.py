@@ -122,10 +122,14 @@ def test_saved_index_ranks_like_memory_after_added_images_and_a_checkpoint_chang
     ckpt["model"]["vision_proj.weight"] = ckpt["model"]["vision_proj.weight"].flip(0)
     torch.save(ckpt, changed)
     memory, saved = Retriever.from_checkpoint(changed), Retriever.from_checkpoint(changed)
-    with pytest.raises(RetrievalError, match="built with another checkpoint"):
+    with pytest.raises(RetrievalError, match="built with another checkpoint or other settings"):
         saved.open_index(ix)
-    assert saved.open_index(ix, gallery, progress=False).reason == "the checkpoint changed"
+    assert saved.open_index(ix, gallery, progress=False).reason == "the checkpoint or its settings changed"
     compare(21)
+    other = Retriever.from_checkpoint(changed, overrides=["model.k_test=3"])
+    assert other.fingerprint(images_only=True) == saved.fingerprint(images_only=True)
+    assert other.fingerprint() != saved.fingerprint()  # calibrations depend on k_test, image features do not
+    assert other.open_index(ix, gallery, progress=False).kept == 21
 
 
 def test_overrides_apply_to_the_stored_config(trained_run, retriever):

@@ -116,7 +116,7 @@ def resolve_threshold(args: argparse.Namespace, retriever: Retriever, lang: str)
     checkpoint and setup, else a new one (stored for the next search)."""
     from engine.calibration import CalibrationStore, stored_or_calibrate
 
-    reranked = not args.no_rerank and retriever.cfg.model.k_test > 0
+    reranked = not args.no_rerank
     if args.threshold is None:
         return None
     if args.threshold != "auto":
