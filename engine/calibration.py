@@ -102,13 +102,17 @@ class CalibrationStore:
         return cls(Path(checkpoint).with_suffix(".calibration.json"))
 
     def load(self) -> list[Calibration]:
+        """The stored calibrations; entries of another layout (an older version) are left out, and
+        dropped at the next :meth:`add`."""
         if not self.path.is_file():
             return []
         try:
-            return [Calibration(**item) for item in json.loads(self.path.read_text(encoding="utf-8"))]
-        except (ValueError, TypeError) as e:
+            items = json.loads(self.path.read_text(encoding="utf-8"))
+        except ValueError as e:
             raise CalibrationError(f"{self.path}: unreadable calibration file ({e}); delete it to calibrate again") \
                 from None
+        fields = set(Calibration.__dataclass_fields__)
+        return [Calibration(**item) for item in items if isinstance(item, dict) and set(item) == fields]
 
     def find(self, like: Calibration | tuple) -> Calibration | None:
         key = like.key() if isinstance(like, Calibration) else like

@@ -73,6 +73,8 @@ def test_calibration_is_stored_and_reused(retriever, tmp_path, monkeypatch):
     other = Calibration(**{**saved[0], "fingerprint": "another"})
     store.add(other)
     assert len(store.load()) == 2 and store.find(first) == first  # one file, many checkpoints
+    store.path.write_text(json.dumps([{"checkpoint": "an older layout"}, *saved]), encoding="utf-8")
+    assert store.load() == [first]  # an entry of another layout is left out, not an error
     assert CalibrationStore.beside("runs/demo/best_en.pth").path.name == "best_en.calibration.json"
     with pytest.raises(CalibrationError, match="val_reid_en.json not found"):
         calibrate(retriever, "en", split="val")
