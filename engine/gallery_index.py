@@ -24,6 +24,8 @@ so the index holds no image tokens.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +40,7 @@ from utils.checkpoint import atomic_write
 from utils.errors import InputError
 
 INDEX_FILE = "index.json"
+LOCK_FILE = ".lock"  # held while an index is updated
 INDEX_VERSION = 1  # raise when the files change meaning
 SCAN_ROWS = 65536  # rows scored per step of a search: bounded memory for any index size
 DATA_FILES = {"features": ".f32", "images": ".jsonl", "images_offsets": ".i64"}  # name -> extension; <name>-<gen><ext>
@@ -307,10 +310,28 @@ def sync_index(folder: str | os.PathLike, root: str | os.PathLike, rels: Sequenc
     ``encoder``: names the weights and settings that encode images (``Retriever.fingerprint(images_only=True)``);
     ``encode(paths)`` -> [n, dim] normalised image features of full paths. Unchanged images
     (same path, size and mtime) keep their rows; the others are encoded in chunks of ``chunk``
-    images, each counted in index.json once written. Not safe for two processes at once.
+    images, each counted in index.json once written. One process at a time: another one
+    finds the folder locked and stops with an error.
     """
     folder, root = Path(folder), os.path.realpath(root)
     folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder):
+        return _sync(folder, root, rels, encoder, dim, encode, chunk, progress)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold the folder's update lock (released when the process ends, however it ends)."""
+    with open(folder / LOCK_FILE, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GalleryIndexError(f"{folder}: another process is updating this index") from None
+        yield
+
+
+def _sync(folder: Path, root: str, rels: Sequence[str], encoder: str, dim: int,
+          encode: Callable[[list[str]], torch.Tensor], chunk: int, progress: bool) -> SyncReport:
     wanted = [image_stamp(root, rel) for rel in dict.fromkeys(rels)]
     meta, current, reason = _current(folder, encoder, dim, root)
     want_set, have = set(wanted), set(current)

@@ -100,7 +100,7 @@ def test_sync_encodes_only_new_changed_images_and_drops_removed_ones(tmp_path):
     assert report.reason == "the checkpoint or its settings changed" and len(enc.seen) == 6
     check_rows(SavedIndex.open(folder), root)
     assert SavedIndex.open(folder).encoder == "ckpt-2"
-    assert sorted(p.name for p in folder.iterdir()) == ["features-3.f32", "images-3.jsonl", "images_offsets-3.i64",
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "features-3.f32", "images-3.jsonl", "images_offsets-3.i64",
                                                          "index.json"]  # no other generation left
 
 
@@ -148,7 +148,7 @@ def test_an_interrupted_compaction_leaves_the_previous_index_whole(tmp_path, mon
     report = sync_index(folder, root, rels_of(root), "c", DIM, enc, progress=False)
     assert (report.kept, report.removed, enc.seen) == (5, 1, [])
     check_rows(SavedIndex.open(folder), root)
-    assert sorted(p.name for p in folder.iterdir()) == ["features-2.f32", "images-2.jsonl", "images_offsets-2.i64",
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "features-2.f32", "images-2.jsonl", "images_offsets-2.i64",
                                                          "index.json"]  # generation 2 rewritten, generation 1 gone
 
 
@@ -218,3 +218,16 @@ def test_benchmark_index_is_a_real_index_of_unit_rows_naming_real_images(tmp_pat
                                                                             "0.png"]
     scores, rows = index.top(feats[12_345], 3)
     assert rows[0] == 12_345 and scores[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_second_process_cannot_update_an_index_being_updated(tmp_path):
+    import fcntl
+
+    root, folder = tmp_path / "imgs", tmp_path / "index"
+    write_image(root / "0.png", 1)
+    sync_index(folder, root, ["0.png"], "c", DIM, Encoder(), progress=False)
+    with open(folder / ".lock", "w") as held:  # another open file description: as another process would hold it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(GalleryIndexError, match="another process is updating this index"):
+            sync_index(folder, root, ["0.png"], "c", DIM, Encoder(), progress=False)
+    assert sync_index(folder, root, ["0.png"], "c", DIM, Encoder(), progress=False).kept == 1
