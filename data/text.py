@@ -71,6 +71,14 @@ def tokenize(tokenizer, texts: list[str], text_length: int) -> tuple[torch.Tenso
     return enc["input_ids"].long(), enc["attention_mask"].long()
 
 
+def tokenize_caption(tokenizer, cfg: Config, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One caption as evaluation reads it: cleaned (:func:`clean_for`), tokenized and cut to its
+    own length, without padding: ids and mask [1, L] (search, explanations)."""
+    ids, mask = tokenize(tokenizer, [clean_for(cfg)(text)], cfg.experiment.text_length)
+    length = int(mask.sum())
+    return ids[:, :length], mask[:, :length]
+
+
 def token_ids(tokenizer, texts: list[str], text_length: int) -> list[list[int]]:
     """Unpadded ids of each text, truncated by tokens to ``text_length`` (specials included)."""
     return tokenizer(texts, max_length=text_length, truncation=True)["input_ids"]

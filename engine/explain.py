@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from data.datasets import GalleryDataset
-from data.text import clean_for, tokenize
+from data.text import tokenize_caption
 from utils.config import Config
 
 LAYERS = ("last", "mean")
@@ -144,9 +144,7 @@ def explain(model, tokenizer, cfg: Config, query: str, lang: str, image_paths: l
     """
     if layers not in LAYERS:
         raise ValueError(f"layers must be one of {LAYERS}, got {layers!r}")
-    ids, mask = tokenize(tokenizer, [clean_for(cfg)(query)], cfg.experiment.text_length)
-    length = int(mask.sum())
-    ids, mask = ids[:, :length].to(device), mask[:, :length].to(device)
+    ids, mask = (t.to(device) for t in tokenize_caption(tokenizer, cfg, query))
     words = content_words(query_pieces(tokenizer, ids[0].tolist()), lang, max_words)
     h, w = cfg.experiment.input_resolution
     grid = (h // cfg.patch_size, w // cfg.patch_size)

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.datasets import GalleryDataset
-from data.text import clean_for, has_words, tokenize
+from data.text import has_words, tokenize_caption
 from engine.amp import autocast, eval_dtype
 from engine.gallery_index import SavedIndex, SyncReport, sync_index, top_rows
 from engine.rerank import rerank_fast
@@ -85,7 +85,7 @@ class MemoryGallery:
 
     def top(self, query: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(cosine similarities, rows) of the ``n`` best images, as ``SavedIndex.top``."""
-        return top_rows(iter([self.feats]), query, n)
+        return top_rows(iter([self.feats]), query.to(self.feats.device), n)
 
     def paths(self, rows: Sequence[int]) -> list[str]:
         return [self.image_paths[r] for r in rows]
@@ -253,8 +253,7 @@ class Retriever:
             raise RetrievalError(f"top_k must be at least 1, got {top_k}")
         embeds, mask, feat = self.encode_query(text, lang)
         k = min(self.cfg.model.k_test, len(g)) if rerank else 0
-        cosine, rows = g.top(feat.to(self.device) if isinstance(g, MemoryGallery) else feat.cpu(),
-                             min(max(top_k, k), len(g)))
+        cosine, rows = g.top(feat, min(max(top_k, k), len(g)))
         paths = g.paths(rows.tolist())
         order, itm_of = list(range(len(paths))), {}
         if k:
@@ -276,9 +275,7 @@ class Retriever:
         lang = lang or self.cfg.data.source_language
         if not has_words(text):
             raise RetrievalError(f"the query is empty after cleaning (punctuation and symbols are removed): {text!r}")
-        ids, mask = tokenize(self.tokenizer, [clean_for(self.cfg)(text)], self.cfg.experiment.text_length)
-        length = int(mask.sum())
-        ids, mask = ids[:, :length].to(self.device), mask[:, :length].to(self.device)
+        ids, mask = (t.to(self.device) for t in tokenize_caption(self.tokenizer, self.cfg, text))
         with autocast(self.device, eval_dtype(self.cfg, self.device)):
             embeds = self.model.encode_text(ids, mask)
             feat = self.model.text_feature(embeds, target=uses_tl_proj(self.cfg, lang))
